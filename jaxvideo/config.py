@@ -1,0 +1,255 @@
+"""The serve configuration: which models to load, server limits and operator defaults.
+
+Loaded from YAML (`load_config`) and validated strictly: an unknown key or a wrong type raises
+`ConfigError` naming its path (`models[0].dtype: ...`), so a typo never silently falls back to a
+default. No Flask and no JAX in here: the web layer and the engine both read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jaxvideo.request import GenerationRequest
+
+FAMILIES = ("sd1", "sd2", "sdxl", "wan21", "wan22")
+DTYPES = ("fp32", "fp16", "bf16")
+MESH_AXES = ("data", "fsdp", "tensor", "context")
+DEMO_PREFIX = "demo:"
+DEFAULT_CONFIG_RESOURCE = "configs/default.yaml"
+DEFAULT_OUTPUT_DIR = "~/.cache/jaxvideo/outputs"
+
+
+class ConfigError(ValueError):
+    """The serve YAML is invalid; the message starts with the offending path."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model. `path` is a converted model folder, or `demo:<name>` for a demo model."""
+
+    name: str
+    family: str
+    path: str
+    dtype: str = "fp32"
+
+    @property
+    def is_demo(self) -> bool:
+        return self.path.startswith(DEMO_PREFIX)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Limits and housekeeping of the HTTP server and its job table."""
+
+    output_dir: str = field(
+        default_factory=lambda: os.path.expanduser(
+            os.environ.get("JAXVIDEO_OUTPUT_DIR", DEFAULT_OUTPUT_DIR)
+        )
+    )
+    max_queue_size: int = 64
+    job_retention_s: float = 600
+    expired_retention_s: float = 600
+    min_width: int = 64
+    max_width: int = 2048
+    min_height: int = 64
+    max_height: int = 2048
+    max_batch_count: int = 8
+    max_steps: int = 150
+    max_body_bytes: int = 64 * 1024 * 1024
+    lora_dir: str | None = None
+    # Secrets are better kept out of YAML files, so the environment may supply the key.
+    api_key: str | None = field(
+        default_factory=lambda: os.environ.get("JAXVIDEO_API_KEY") or None, repr=False
+    )
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `gunicorn webapp:app` serves. `default_request` holds only operator-written keys."""
+
+    models: tuple[ModelSpec, ...]
+    server: ServerConfig = field(default_factory=ServerConfig)
+    default_request: Mapping[str, Any] = field(default_factory=dict)
+    mesh: Mapping[str, int] = field(default_factory=dict)
+    source: str | None = None
+
+    @property
+    def default_model(self) -> ModelSpec:
+        return self.models[0]
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> ServeConfig:
+    """Loads `path`, else `$JAXVIDEO_CONFIG`, else the embedded default demo config."""
+    path = path or os.environ.get("JAXVIDEO_CONFIG") or None
+    if path is None:
+        text = resources.files("jaxvideo").joinpath(DEFAULT_CONFIG_RESOURCE).read_text("utf-8")
+        return parse_config(text, base_dir=None, source="<embedded default.yaml>")
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {str(file)!r}: {exc.strerror or exc}") from exc
+    return parse_config(text, base_dir=file.resolve().parent, source=str(file))
+
+
+def parse_config(text: str, base_dir: Path | None = None, source: str | None = None) -> ServeConfig:
+    """Parses YAML text; relative paths resolve against `base_dir` (the YAML file's folder)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML in {source or 'config'}: {exc}") from exc
+    return config_from_dict({} if raw is None else raw, base_dir=base_dir, source=source)
+
+
+def config_from_dict(
+    raw: Any, base_dir: Path | None = None, source: str | None = None
+) -> ServeConfig:
+    """Validates an already-parsed YAML document."""
+    top = _mapping(raw, "", ("models", "server", "default_request", "mesh"))
+    if "models" not in top:
+        raise ConfigError("models: required (a list of at least one model)")
+    models = _models(top["models"], base_dir)
+    server = _server(top.get("server") or {}, base_dir)
+    default_request = _default_request(top.get("default_request") or {})
+    mesh = _mesh(top.get("mesh") or {})
+    return ServeConfig(models, server, default_request, mesh, source)
+
+
+def _models(raw: Any, base_dir: Path | None) -> tuple[ModelSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"models: expected a non-empty list, got {_show(raw)}")
+    specs: list[ModelSpec] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"models[{i}]"
+        entry = _mapping(item, where, ("name", "family", "path", "dtype"))
+        for key in ("name", "family", "path"):
+            if key not in entry:
+                raise ConfigError(f"{where}.{key}: required")
+        name = _typed(entry["name"], f"{where}.name", str)
+        if not name.strip():
+            raise ConfigError(f"{where}.name: must not be empty")
+        if name in seen:
+            raise ConfigError(f"{where}.name: duplicate model name {name!r}")
+        seen.add(name)
+        family = _choice(entry["family"], f"{where}.family", FAMILIES)
+        dtype = _choice(entry.get("dtype", "fp32"), f"{where}.dtype", DTYPES)
+        path = _typed(entry["path"], f"{where}.path", str)
+        if not path.startswith(DEMO_PREFIX):
+            path = _resolve(path, base_dir)
+        elif path == DEMO_PREFIX:
+            raise ConfigError(f"{where}.path: 'demo:' needs a demo model name, e.g. demo:sd1-tiny")
+        specs.append(ModelSpec(name=name, family=family, path=path, dtype=dtype))
+    return tuple(specs)
+
+
+def _server(raw: Any, base_dir: Path | None) -> ServerConfig:
+    names = tuple(f.name for f in dataclasses.fields(ServerConfig))
+    entry = _mapping(raw, "server", names)
+    values: dict[str, Any] = {}
+    for key, value in entry.items():
+        where = f"server.{key}"
+        if key in ("output_dir", "lora_dir"):
+            values[key] = None if value is None else _resolve(_typed(value, where, str), base_dir)
+        elif key == "api_key":
+            values[key] = None if value is None else _typed(value, where, str)
+        elif key in ("job_retention_s", "expired_retention_s"):
+            values[key] = _number(value, where, minimum=0)
+        else:
+            values[key] = _integer(value, where, minimum=1)
+    if values.get("output_dir", "") is None:
+        raise ConfigError("server.output_dir: expected a string, got null")
+    server = ServerConfig(**values)
+    for low, high in (("min_width", "max_width"), ("min_height", "max_height")):
+        if getattr(server, low) > getattr(server, high):
+            raise ConfigError(f"server.{low}: must not exceed server.{high}")
+    return server
+
+
+# Types a GenerationRequest field accepts in YAML, from its annotation ("int", "float | None").
+_ANNOTATION_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "None": (type(None),),
+}
+
+
+def _default_request(raw: Any) -> Mapping[str, Any]:
+    fields = {f.name: f for f in dataclasses.fields(GenerationRequest)}
+    entry = _mapping(raw, "default_request", tuple(fields))
+    out: dict[str, Any] = {}
+    for key, value in entry.items():
+        where = f"default_request.{key}"
+        names = [part.strip() for part in str(fields[key].type).split("|")]
+        allowed = tuple(t for name in names for t in _ANNOTATION_TYPES.get(name, (object,)))
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            raise ConfigError(f"{where}: expected {' | '.join(names)}, got {_show(value)}")
+        out[key] = float(value) if "float" in names and isinstance(value, int) else value
+    return types.MappingProxyType(out)
+
+
+def _mesh(raw: Any) -> Mapping[str, int]:
+    entry = _mapping(raw, "mesh", MESH_AXES)
+    return types.MappingProxyType(
+        {axis: _integer(size, f"mesh.{axis}", minimum=1) for axis, size in entry.items()}
+    )
+
+
+def _mapping(raw: Any, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where or '<top level>'}: expected a mapping, got {_show(raw)}")
+    for key in raw:
+        if key not in allowed:
+            prefix = f"{where}." if where else ""
+            raise ConfigError(
+                f"{prefix}{key}: unknown key (expected one of {', '.join(allowed)})"
+            )
+    return dict(raw)
+
+
+def _typed(value: Any, where: str, kind: type) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {_show(value)}")
+    return value
+
+
+def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
+    if value not in choices or not isinstance(value, str):
+        raise ConfigError(f"{where}: expected one of {'|'.join(choices)}, got {_show(value)}")
+    return value
+
+
+def _integer(value: Any, where: str, minimum: int) -> int:
+    value = _typed(value, where, int)
+    if value < minimum:
+        raise ConfigError(f"{where}: must be >= {minimum}, got {value}")
+    return value
+
+
+def _number(value: Any, where: str, minimum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {_show(value)}")
+    if value < minimum:
+        raise ConfigError(f"{where}: must be >= {minimum}, got {value}")
+    return value
+
+
+def _resolve(path: str, base_dir: Path | None) -> str:
+    expanded = Path(os.path.expanduser(path))
+    if not expanded.is_absolute() and base_dir is not None:
+        expanded = base_dir / expanded
+    return str(expanded)
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else repr(value)

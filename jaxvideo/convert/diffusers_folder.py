@@ -1,0 +1,100 @@
+"""Converting a diffusers-format model folder (model_index.json + subfolders) to jaxvideo's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jaxvideo.convert.core import ConversionError, convert_tensors
+from jaxvideo.convert.readers import open_component
+from jaxvideo.models.registry import class_name_of, spec_for
+from jaxvideo.weights import CONFIG_FILE, abstract_model, param_shapes, save_component
+
+# Components copied verbatim: tokenizers and scheduler configs need no conversion.
+COPIED = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
+CONVERTED = ("text_encoder", "text_encoder_2", "unet", "vae")
+
+MODEL_INDEX = "model_index.json"
+
+
+def convert_component(
+    src_dir: Path,
+    dst_dir: Path,
+    dtype: str = "fp32",
+    on_tensor: Callable[[str], None] | None = None,
+) -> None:
+    """Converts one network folder (config.json + weights) into a jaxvideo component folder."""
+    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    config_path = src_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise ConversionError(f"{src_dir} has no {CONFIG_FILE}")
+    hf_config = json.loads(config_path.read_text())
+    spec = spec_for(class_name_of(hf_config))
+    expected = param_shapes(abstract_model(spec, spec.config_from_hf(hf_config)))
+    source = open_component(src_dir)
+    params = convert_tensors(
+        source.load,
+        source.keys(),
+        spec.rules,
+        expected,
+        ignore=spec.ignore,
+        what=str(src_dir),
+        on_tensor=on_tensor,
+    )
+    save_component(dst_dir, hf_config, params, dtype)
+
+
+def count_tensors(src: Path) -> int:
+    return sum(len(open_component(src / c)) for c in CONVERTED if (src / c / CONFIG_FILE).is_file())
+
+
+def convert_diffusers_folder(
+    src: str | Path,
+    dst: str | Path,
+    dtype: str = "fp32",
+    on_tensor: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Converts every network of a diffusers pipeline folder and copies tokenizers/scheduler.
+
+    Returns the jaxvideo `model_index.json` written to `dst`.
+    """
+    src, dst = Path(src), Path(dst)
+    index_path = src / MODEL_INDEX
+    if not index_path.is_file():
+        raise ConversionError(f"{src} is not a diffusers folder: no {MODEL_INDEX}")
+    index = json.loads(index_path.read_text())
+    dst.mkdir(parents=True, exist_ok=True)
+    components: dict[str, str] = {}
+    for name in CONVERTED:
+        if (src / name / CONFIG_FILE).is_file():
+            convert_component(src / name, dst / name, dtype, on_tensor)
+            components[name] = class_name_of(json.loads((src / name / CONFIG_FILE).read_text()))
+    for name in COPIED:
+        if (src / name).is_dir():
+            shutil.copytree(src / name, dst / name, dirs_exist_ok=True)
+            components[name] = "copied"
+    if "unet" not in components:
+        raise ConversionError(f"{src}: no unet component found")
+    out_index = {
+        "format": "jaxvideo",
+        "format_version": 1,
+        "family": detect_family(index, dst),
+        "dtype": dtype,
+        "source_class": index.get("_class_name"),
+        "components": components,
+    }
+    (dst / MODEL_INDEX).write_text(json.dumps(out_index, indent=2))
+    return out_index
+
+
+def detect_family(index: dict[str, Any], dst: Path) -> str:
+    """SD family from the pipeline class and UNet config (cross-attention width)."""
+    unet = json.loads((dst / "unet" / CONFIG_FILE).read_text())
+    if "XL" in str(index.get("_class_name", "")) or unet.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    if unet.get("cross_attention_dim") == 1024:
+        return "sd2"
+    return "sd1"

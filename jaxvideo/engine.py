@@ -1,0 +1,97 @@
+"""The engine: loads every configured model and runs one GenerationRequest at a time.
+
+The web layer talks only to this class (and gets numpy uint8 frames back); everything JAX lives
+behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jaxvideo.demo import DEMO_PREFIX, resolve_demo
+from jaxvideo.errors import InvalidRequest
+from jaxvideo.pipelines import PIPELINES
+from jaxvideo.request import GenerationRequest
+from jaxvideo.results import GenerationResult, ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_path(path: str) -> Path:
+    """A real folder as given, or a `demo:<name>` model built into the cache on first use."""
+    if path.startswith(DEMO_PREFIX):
+        return resolve_demo(path)
+    folder = Path(path).expanduser()
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a converted jaxvideo model (no model_index.json); "
+            "convert it with tools/convert_weights.py"
+        )
+    return folder
+
+
+class Engine:
+    """Owns the loaded pipelines; `generate` is serialised because the devices are shared."""
+
+    def __init__(self, config: Any):
+        self.config = config
+        self._pipelines: dict[str, Any] = {}
+        self._infos: dict[str, ModelInfo] = {}
+        self._lock = threading.Lock()
+        for spec in config.models:
+            started = time.monotonic()
+            folder = resolve_model_path(spec.path)
+            family = json.loads((folder / "model_index.json").read_text()).get("family")
+            if family != spec.family:
+                raise ValueError(
+                    f"model {spec.name!r}: config says family {spec.family!r} "
+                    f"but {folder} holds {family!r}"
+                )
+            try:
+                pipeline_cls = PIPELINES[spec.family]
+            except KeyError:
+                raise ValueError(f"model {spec.name!r}: family {spec.family!r} not supported") from None
+            self._pipelines[spec.name] = pipeline_cls(folder, dtype=spec.dtype)
+            self._infos[spec.name] = ModelInfo(
+                name=spec.name,
+                family=spec.family,
+                path=str(folder),
+                modes=("img_gen",),
+                created=int((folder / "model_index.json").stat().st_mtime),
+                dtype=spec.dtype,
+            )
+            log.info("loaded %s (%s) from %s in %.1fs", spec.name, spec.family, folder,
+                     time.monotonic() - started)
+
+    @property
+    def models(self) -> list[ModelInfo]:
+        return list(self._infos.values())
+
+    def model_info(self, name: str | None = None) -> ModelInfo:
+        if name is None:
+            return self.models[0]
+        try:
+            return self._infos[name]
+        except KeyError:
+            raise InvalidRequest(
+                f"unknown model {name!r}; served: {', '.join(self._infos)}"
+            ) from None
+
+    def family_defaults(self, name: str | None = None) -> dict[str, Any]:
+        return self._pipelines[self.model_info(name).name].defaults
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        progress: Callable[[int, int], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        pipeline = self._pipelines[self.model_info(request.model).name]
+        with self._lock:
+            return pipeline.generate(request, progress=progress, cancelled=cancelled)

@@ -1,0 +1,73 @@
+"""GenerationRequest: the one internal request every API surface translates into.
+
+Surfaces parse their own shapes, then call `build_request` with three layers, highest first:
+fields the client explicitly sent, fields the operator wrote in `default_request`, and the
+model family's defaults. Only keys present in a layer count, so a schema default can never
+shadow an operator default (the FastVideo merge contract).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jaxvideo.errors import InvalidRequest
+
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What to generate. Pixel sizes are in pixels; `seed` is always resolved (>= 0)."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str | None = None
+    mode: str = "img_gen"
+    width: int = 512
+    height: int = 512
+    seed: int = 0
+    batch_count: int = 1
+    steps: int = 20
+    guidance_scale: float = 7.0
+    sampler: str = "euler_a"
+    scheduler: str = "discrete"
+    clip_skip: int = -1
+    eta: float | None = None
+
+    def seeds(self) -> list[int]:
+        """One seed per image: seed, seed+1, ... (the A1111 `all_seeds` convention)."""
+        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.batch_count)]
+
+
+REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationRequest))
+
+
+def resolve_seed(seed: int | None) -> int:
+    """A negative or missing seed draws a random one (reported back to the client)."""
+    if seed is None or seed < 0:
+        return secrets.randbelow(MAX_SEED + 1)
+    return int(seed) % (MAX_SEED + 1)
+
+
+def build_request(
+    client: Mapping[str, Any],
+    operator: Mapping[str, Any] | None = None,
+    fallback: Mapping[str, Any] | None = None,
+) -> GenerationRequest:
+    """Merges the three layers (client > operator > fallback) into a GenerationRequest.
+
+    Each mapping holds only the fields that layer really set. Unknown field names are a
+    programming error in the caller and raise `InvalidRequest` naming them.
+    """
+    merged: dict[str, Any] = {}
+    for layer in (fallback or {}, operator or {}, client):
+        unknown = set(layer) - REQUEST_FIELDS
+        if unknown:
+            raise InvalidRequest(f"unknown request field(s): {', '.join(sorted(unknown))}")
+        merged.update(layer)
+    merged["seed"] = resolve_seed(merged.get("seed"))
+    return GenerationRequest(**merged)

@@ -1,0 +1,123 @@
+"""The converted-model folder format: per-component `config.json` + `model.safetensors`.
+
+A jaxvideo model folder mirrors a diffusers folder: `model_index.json` at the top and one
+subfolder per component. Each network subfolder holds the reference `config.json` (unchanged,
+so the PyTorch config stays the single source of truth) and `model.safetensors` whose keys are
+dotted Flax parameter paths in Flax layout. Loading needs neither torch nor a network.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from jaxvideo.convert.core import ConversionError
+from jaxvideo.models.registry import ComponentSpec, class_name_of, spec_for
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+DTYPES = {
+    "fp32": jnp.float32,
+    "float32": jnp.float32,
+    "fp16": jnp.float16,
+    "float16": jnp.float16,
+    "bf16": jnp.bfloat16,
+    "bfloat16": jnp.bfloat16,
+}
+
+
+def resolve_dtype(name: str | Any) -> Any:
+    if not isinstance(name, str):
+        return name
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}") from None
+
+
+def flat_path(path: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def abstract_model(spec: ComponentSpec, config: Any, dtype: Any = jnp.float32) -> nnx.Module:
+    """The network with ShapeDtypeStructs in place of arrays (nothing allocated)."""
+    return nnx.eval_shape(
+        lambda: spec.build(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=dtype)
+    )
+
+
+def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
+    state = nnx.state(model, nnx.Param)
+    return {flat_path(p): tuple(v.shape) for p, v in nnx.to_flat_state(state)}
+
+
+def read_config(component_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(component_dir) / CONFIG_FILE).read_text())
+
+
+def save_component(
+    component_dir: str | Path,
+    hf_config: Mapping[str, Any],
+    params: Mapping[str, np.ndarray],
+    dtype: Any = jnp.float32,
+) -> None:
+    out = Path(component_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    np_dtype = np.dtype(resolve_dtype(dtype))
+    arrays = {k: np.ascontiguousarray(np.asarray(v).astype(np_dtype)) for k, v in params.items()}
+    save_file(arrays, str(out / WEIGHTS_FILE), metadata={"format": "jaxvideo-flax"})
+    (out / CONFIG_FILE).write_text(json.dumps(dict(hf_config), indent=2, sort_keys=True))
+
+
+def load_params_into(
+    model: nnx.Module, weights_path: str | Path, dtype: Any | None = None, what: str = ""
+) -> nnx.Module:
+    """Fills an abstract `model` from a jaxvideo safetensors file, checking every key."""
+    graphdef, state = nnx.split(model)
+    flat = dict(nnx.to_flat_state(state))
+    expected = {flat_path(p): p for p in flat}
+    with safe_open(str(weights_path), framework="numpy") as f:
+        keys = set(f.keys())
+        missing = sorted(set(expected) - keys)
+        unexpected = sorted(keys - set(expected))
+        if missing or unexpected:
+            raise ConversionError(
+                f"{what or weights_path}: weights do not fit the model "
+                f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
+            )
+        for key, path in expected.items():
+            var = flat[path]
+            value = f.get_tensor(key)
+            if tuple(value.shape) != tuple(var.shape):
+                raise ConversionError(
+                    f"{what or weights_path}: {key} has shape {value.shape}, "
+                    f"model expects {tuple(var.shape)}"
+                )
+            target_dtype = dtype if dtype is not None else var.dtype
+            var.set_value(jax.device_put(jnp.asarray(value, dtype=target_dtype)))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def load_component(model_dir: str | Path, name: str, *, dtype: str | Any = "fp32") -> nnx.Module:
+    """Loads one converted network (`text_encoder`, `unet`, `vae`, ...) from a model folder.
+
+    Networks take and return channels-last arrays (NHWC for images).
+    """
+    component_dir = Path(model_dir) / name
+    if not (component_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{component_dir} has no {CONFIG_FILE}: not a converted component")
+    hf_config = read_config(component_dir)
+    spec = spec_for(class_name_of(hf_config))
+    jdtype = resolve_dtype(dtype)
+    model = abstract_model(spec, spec.config_from_hf(hf_config), jdtype)
+    return load_params_into(model, component_dir / WEIGHTS_FILE, jdtype, what=str(component_dir))

@@ -1,0 +1,103 @@
+"""The jaxvideo Flask app: `create_app(config, engine)`, and `webapp:app` for gunicorn.
+
+`app` is created lazily on first attribute access (module `__getattr__`), so importing
+`webapp` in tests or tools loads no models; `gunicorn webapp:app` creates it in the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from flask import Flask
+
+from jaxvideo.config import ServeConfig, load_config
+from webapp.errors import register_error_handlers
+from webapp.http import install_hooks
+from webapp.jobs import JobTable
+from webapp.service import Service
+from webapp.translate import Capabilities
+
+__all__ = ["create_app", "close_intake", "shutdown"]
+
+log = logging.getLogger(__name__)
+
+_app: Flask | None = None
+_app_lock = threading.Lock()
+
+
+def create_app(config: ServeConfig | None = None, engine: Any = None) -> Flask:
+    """Builds the app: loads `config` (default: `load_config()`), builds the engine (loading
+    every configured model) unless one is given, and starts the job worker."""
+    _configure_logging()
+    config = config or load_config()
+    if engine is None:
+        from jaxvideo.engine import Engine  # JAX is imported only when an app is really built
+
+        log.info("loading %d model(s) from %s", len(config.models), config.source)
+        engine = Engine(config)
+    from jaxvideo.sampling import SAMPLERS, SCHEDULERS
+
+    from webapp.api import BLUEPRINTS, ROUTE_DOCS
+    from webapp.openapi import build_openapi
+
+    server = config.server
+    jobs = JobTable(
+        max_queue_size=server.max_queue_size,
+        job_retention_s=server.job_retention_s,
+        expired_retention_s=server.expired_retention_s,
+    )
+    service = Service(config, engine, jobs, Capabilities(SAMPLERS, SCHEDULERS, server))
+    service.check_operator_defaults()
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = server.max_body_bytes
+    app.json.sort_keys = False  # keep the documented field order in responses
+    app.extensions["jaxvideo"] = service
+    app.extensions["jaxvideo.openapi"] = build_openapi(
+        ROUTE_DOCS, service.version, auth=bool(server.api_key)
+    )
+    register_error_handlers(app)
+    install_hooks(app, server.api_key)
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
+    jobs.start()
+    log.info("serving models: %s", ", ".join(m.name for m in service.models))
+    return app
+
+
+def get_app() -> Flask:
+    """The process-wide app behind `webapp:app`, created on first use."""
+    global _app
+    with _app_lock:
+        if _app is None:
+            _app = create_app()
+        return _app
+
+
+def close_intake() -> None:
+    """New submissions answer 503 from now on (gunicorn calls this when the worker is told
+    to stop); accepted jobs keep running. Safe to call from a signal handler."""
+    if _app is not None:
+        _app.extensions["jaxvideo"].jobs.close_intake()
+
+
+def shutdown(drain_s: float = 0.0, join_s: float = 5.0) -> None:
+    """Stops the job table of the process-wide app, if one was created."""
+    if _app is not None:
+        _app.extensions["jaxvideo"].jobs.shutdown(drain_s=drain_s, join_s=join_s)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return get_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _configure_logging() -> None:
+    # Under gunicorn or a bare interpreter nothing is configured; tests configure their own.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )

@@ -1,0 +1,248 @@
+"""AUTOMATIC1111 conventions: sampler display names, scheduler labels and infotext strings.
+
+A1111 clients name samplers by display name ("Euler a", "DPM++ 2M Karras"), older ones by
+k-diffusion id ("k_euler_a"); both map to jaxvideo's native names. The infotext is the
+`parameters` string A1111 writes into PNGs and `info.infotexts`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from webapp.errors import invalid
+from webapp.translate import (
+    DEFAULT_NAMES,
+    NOT_YET,
+    SCHEDULER_ALIASES,
+    Capabilities,
+    extract_extra_args,
+    load_extra_args,
+    sdcpp_fields,
+)
+
+# Native sampler name -> A1111 display name (native names the engine may grow into included,
+# so a name that exists in A1111 but not here yet gets a clear "not supported" answer).
+DISPLAY_NAMES = {
+    "euler": "Euler",
+    "euler_a": "Euler a",
+    "heun": "Heun",
+    "dpm2": "DPM2",
+    "dpm++2s_a": "DPM++ 2S a",
+    "dpm++2m": "DPM++ 2M",
+    "dpm++2m_sde": "DPM++ 2M SDE",
+    "dpm++2m_sde_bt": "DPM++ 2M SDE GPU",
+    "lms": "LMS",
+    "lcm": "LCM",
+    "ddim_trailing": "DDIM",
+    "ipndm": "iPNDM",
+    "res_multistep": "Res Multistep",
+    "res_2s": "Res 2s",
+    "euler_cfg_pp": "Euler CFG++",
+}
+# Older k-diffusion ids and other spellings clients send.
+SAMPLER_ALIASES = {
+    "k_euler": "euler",
+    "k_euler_a": "euler_a",
+    "k_euler_ancestral": "euler_a",
+    "euler_ancestral": "euler_a",
+    "k_heun": "heun",
+    "k_dpm_2": "dpm2",
+    "k_dpmpp_2s_a": "dpm++2s_a",
+    "k_dpmpp_2m": "dpm++2m",
+    "k_dpmpp_2m_sde": "dpm++2m_sde",
+    "k_lms": "lms",
+    "ddim": "ddim_trailing",
+}
+# A1111 "<sampler> <schedule>" names carry a scheduler in their suffix.
+SCHEDULE_SUFFIXES = {
+    " karras": "karras",
+    " exponential": "exponential",
+    " sgm uniform": "sgm_uniform",
+}
+SCHEDULER_LABELS = {"discrete": "Discrete", "karras": "Karras", "exponential": "Exponential"}
+
+_BY_LOWER = {display.lower(): native for native, display in DISPLAY_NAMES.items()}
+
+
+def display_name(sampler: str) -> str:
+    return DISPLAY_NAMES.get(sampler, sampler)
+
+
+def sampler_aliases(sampler: str) -> list[str]:
+    """The native name first, then the k-diffusion ids of the same sampler."""
+    return [sampler, *sorted(a for a, native in SAMPLER_ALIASES.items() if native == sampler)]
+
+
+def parse_sampler(
+    name: str | None, caps: Capabilities, param: str = "sampler_name"
+) -> tuple[str | None, str | None]:
+    """An A1111 sampler name -> (native sampler, scheduler implied by the name); Nones mean
+    the family default. Names this server cannot run answer 400 listing the ones it can."""
+    if name is None or name.strip().lower() in DEFAULT_NAMES:
+        return None, None
+    key = " ".join(name.strip().lower().split())
+    scheduler = None
+    for suffix, implied in SCHEDULE_SUFFIXES.items():
+        if key.endswith(suffix):
+            key, scheduler = key[: -len(suffix)], implied
+            break
+    native = _BY_LOWER.get(key) or SAMPLER_ALIASES.get(key) or key
+    if native not in caps.samplers:
+        supported = ", ".join(f"{display_name(s)} ({s})" for s in caps.samplers)
+        raise invalid(param, f"sampler {name!r} is not supported, must be one of [{supported}]")
+    if scheduler is not None and scheduler not in caps.schedulers:
+        raise invalid(
+            param, f"schedule {scheduler!r} in {name!r} is not supported, must be one of "
+            f"[{', '.join(caps.schedulers)}]"
+        )
+    return native, scheduler
+
+
+def parse_scheduler(name: str | None, caps: Capabilities, param: str = "scheduler") -> str | None:
+    """An A1111 schedule type ("Automatic", "Karras", ...) -> native scheduler or None."""
+    if name is None or name.strip().lower() in DEFAULT_NAMES:
+        return None
+    key = name.strip().lower().replace(" ", "_")
+    key = SCHEDULER_ALIASES.get(key, key)
+    if key not in caps.schedulers:
+        raise invalid(
+            param,
+            f"unknown scheduler {name!r}, must be one of [Automatic, "
+            + ", ".join(SCHEDULER_LABELS.get(s, s) for s in caps.schedulers)
+            + "]",
+        )
+    return key
+
+
+def infotext(
+    prompt: str,
+    negative_prompt: str,
+    params: Mapping[str, object],
+) -> str:
+    """The A1111 `parameters` string: prompt, optional negative prompt, then `Key: value, ...`."""
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in params.items()))
+    return "\n".join(lines)
+
+
+def infotext_params(
+    *,
+    steps: int,
+    sampler: str,
+    scheduler: str,
+    default_scheduler: str | None,
+    guidance_scale: float,
+    seed: int,
+    width: int,
+    height: int,
+    model: str,
+    clip_skip: int,
+    version: str,
+) -> dict[str, object]:
+    params: dict[str, object] = {
+        "Steps": steps,
+        "Sampler": display_name(sampler),
+        # "Automatic" is A1111's word for "the sampler's own choice".
+        "Schedule type": (
+            "Automatic"
+            if scheduler == default_scheduler
+            else SCHEDULER_LABELS.get(scheduler, scheduler)
+        ),
+        "CFG scale": f"{guidance_scale:g}",
+        "Seed": seed,
+        "Size": f"{width}x{height}",
+        "Model": model,
+    }
+    if clip_skip > 0:
+        params["Clip skip"] = clip_skip
+    params["Version"] = version
+    return params
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    # A1111 quotes values that would break its `key: value, ...` parsing.
+    if any(ch in text for ch in ',:"\n'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+# -- txt2img translation --------------------------------------------------------------------
+
+SDAPI_NAMES = {
+    "batch_count": "batch_size",
+    "guidance_scale": "cfg_scale",
+    "sampler": "sampler_name",
+}
+# On sdapi the outer request wins over an sd_cpp_extra_args block for these (the peer's rule).
+_OUTER_WINS = ("clip_skip", "sampler", "scheduler")
+
+
+def sdapi_fields(data: Mapping[str, Any], caps: Capabilities) -> tuple[dict[str, Any], dict]:
+    """`/sdapi/v1/txt2img` payload -> (client fields, output option updates)."""
+    data = {key: value for key, value in data.items() if value is not None}
+    overrides = data.get("override_settings") or {}
+    if data.get("lora"):
+        raise invalid("lora", "LoRA not supported yet", code="unsupported")
+    if data.get("extra_images"):
+        raise invalid("extra_images", NOT_YET, code="unsupported")
+    prompt, block = extract_extra_args(data["prompt"])
+    fields: dict[str, Any] = {"prompt": prompt}
+    for key, target in (
+        ("negative_prompt", "negative_prompt"),
+        ("width", "width"),
+        ("height", "height"),
+        ("steps", "steps"),
+        ("cfg_scale", "guidance_scale"),
+        ("seed", "seed"),
+        ("eta", "eta"),
+    ):
+        if key in data:
+            fields[target] = data[key]
+    if "batch_size" in data or "n_iter" in data:
+        size, batches = data.get("batch_size", 1), data.get("n_iter", 1)
+        for key, value in (("batch_size", size), ("n_iter", batches)):
+            if value < 1:
+                raise invalid(key, f"must be >= 1, got {value}")
+        if size * batches > caps.limits.max_batch_count:
+            raise invalid(
+                "batch_size",
+                f"batch_size x n_iter must not exceed {caps.limits.max_batch_count}, "
+                f"got {size} x {batches}",
+            )
+        fields["batch_count"] = size * batches
+    clip_skip = data.get("clip_skip", overrides.get("CLIP_stop_at_last_layers"))
+    if clip_skip is not None:
+        if isinstance(clip_skip, bool) or not isinstance(clip_skip, int):
+            raise invalid("override_settings.CLIP_stop_at_last_layers", "Not a valid integer.")
+        if clip_skip > 0:
+            fields["clip_skip"] = clip_skip
+    sampler, implied = parse_sampler(data.get("sampler_name") or data.get("sampler_index"), caps)
+    if sampler:
+        fields["sampler"] = sampler
+    scheduler = parse_scheduler(data.get("scheduler"), caps) or implied
+    if scheduler:
+        fields["scheduler"] = scheduler
+    model = data.get("sd_model_checkpoint", overrides.get("sd_model_checkpoint"))
+    if model is not None:
+        if not isinstance(model, str):
+            raise invalid("override_settings.sd_model_checkpoint", "Not a valid string.")
+        # A1111 titles look like "name [hash]"; the name is what identifies the model.
+        fields["model"] = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", model)
+    output: dict[str, Any] = {}
+    if "embed_image_metadata" in data:
+        output["embed_metadata"] = data["embed_image_metadata"]
+    if block is not None:
+        block_fields, block_output = sdcpp_fields(load_extra_args(block), caps)
+        outer = {key: fields[key] for key in _OUTER_WINS if key in fields}
+        fields.update(block_fields)
+        fields.update(outer)
+        # sdapi answers PNG images whatever the block says; only the metadata switch applies.
+        if "embed_metadata" in block_output:
+            output["embed_metadata"] = block_output["embed_metadata"]
+    return fields, output

@@ -1,0 +1,321 @@
+"""The thread-backed job table: a bounded FIFO, one worker thread, cancel, progress, retention.
+
+Generic over the work it runs: a job is a `run(progress, cancelled)` callable, so the table is
+tested with plain Python functions and the web layer hands it closures over `Engine.generate`.
+Synchronous endpoints submit here too and `wait`, so all generation is ordered in one place.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from jaxvideo.errors import Cancelled, InvalidRequest
+
+log = logging.getLogger(__name__)
+
+QUEUED, GENERATING, COMPLETED, FAILED, CANCELLED = (
+    "queued",
+    "generating",
+    "completed",
+    "failed",
+    "cancelled",
+)
+TERMINAL = frozenset((COMPLETED, FAILED, CANCELLED))
+
+ProgressFn = Callable[[int, int], None]
+CancelledFn = Callable[[], bool]
+RunFn = Callable[[ProgressFn, CancelledFn], Any]
+
+CANCELLED_BY_CLIENT = {"code": "cancelled", "message": "job cancelled by client"}
+CANCELLED_BY_SHUTDOWN = {"code": "cancelled", "message": "server shutting down"}
+
+
+class QueueFull(Exception):
+    """`max_queue_size` jobs are already queued or generating (HTTP 429)."""
+
+
+class ShuttingDown(Exception):
+    """The table no longer accepts jobs (HTTP 503)."""
+
+
+class JobNotFound(KeyError):
+    """No such job, or it expired long ago (HTTP 404)."""
+
+
+class JobExpired(KeyError):
+    """The job finished and its retention window passed (HTTP 410)."""
+
+
+@dataclass
+class _Job:
+    id: str
+    kind: str
+    run: RunFn
+    meta: Any
+    created: int
+    status: str = QUEUED
+    started: int | None = None
+    completed: int | None = None
+    step: int = 0
+    total: int = 0
+    result: Any = None
+    error: dict[str, str] | None = None
+    finished_at: float | None = None  # monotonic, drives retention
+    cancel_flag: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A consistent snapshot of one job. `result` is whatever the run function returned."""
+
+    id: str
+    kind: str
+    status: str
+    created: int
+    started: int | None
+    completed: int | None
+    queue_position: int
+    step: int
+    total: int
+    result: Any
+    error: dict[str, str] | None
+    meta: Any
+
+    def to_dict(self, result: Any = None) -> dict[str, Any]:
+        """The sdcpp job JSON; `result` is the surface's rendering of `self.result`."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "created": self.created,
+            "started": self.started,
+            "completed": self.completed,
+            "queue_position": self.queue_position,
+            "progress": {"step": self.step, "total": self.total},
+            "result": result,
+            "error": self.error,
+        }
+
+
+class JobTable:
+    """Jobs in process memory. `max_queue_size` counts queued plus generating jobs."""
+
+    def __init__(
+        self,
+        *,
+        max_queue_size: int = 64,
+        job_retention_s: float = 600,
+        expired_retention_s: float = 600,
+        name: str = "jaxvideo-worker",
+    ) -> None:
+        self.max_queue_size = max_queue_size
+        self.job_retention_s = job_retention_s
+        self.expired_retention_s = expired_retention_s
+        self._name = name
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._jobs: dict[str, _Job] = {}
+        self._queue: deque[_Job] = deque()
+        self._running: _Job | None = None
+        self._tombstones: dict[str, float] = {}  # id -> monotonic time it turns 404
+        self._counter = itertools.count(1)
+        self._accepting = True
+        self._stopping = False
+        self._worker: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts the worker thread (idempotent)."""
+        with self._lock:
+            if self._worker is None:
+                # Daemon: a stuck generation must not keep the process alive after shutdown.
+                self._worker = threading.Thread(target=self._work, name=self._name, daemon=True)
+                self._worker.start()
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def close_intake(self) -> None:
+        """Stops accepting new jobs (503) while letting accepted ones run.
+
+        Lock-free on purpose: it is called from a signal handler.
+        """
+        self._accepting = False
+
+    def shutdown(self, *, drain_s: float = 0.0, join_s: float = 5.0) -> None:
+        """Stops accepting, cancels queued jobs, gives the running one `drain_s` to finish
+        before flagging it cancelled, and joins the worker for up to `join_s`."""
+        self._accepting = False
+        now = time.time()
+        with self._lock:
+            while self._queue:
+                self._finish_locked(self._queue.popleft(), CANCELLED, now, CANCELLED_BY_SHUTDOWN)
+            running = self._running
+        if running is not None and not running.done.wait(drain_s):
+            running.cancel_flag.set()
+        with self._lock:
+            self._stopping = True
+            self._wakeup.notify_all()
+            worker = self._worker
+        if worker is not None:
+            worker.join(join_s)
+            if worker.is_alive():
+                log.warning("job worker still running after %.1f s; leaving it", join_s)
+
+    # -- client operations ------------------------------------------------------------------
+
+    def submit(self, kind: str, run: RunFn, meta: Any = None) -> JobView:
+        """Queues `run`; raises `ShuttingDown` or `QueueFull`."""
+        self.start()
+        with self._lock:
+            if not self._accepting:
+                raise ShuttingDown("server is shutting down")
+            self._prune_locked()
+            active = len(self._queue) + (self._running is not None)
+            if active >= self.max_queue_size:
+                raise QueueFull("job queue is full")
+            now = time.time()
+            job_id = f"job_{int(now):x}_{next(self._counter) & 0xFFFFFFFF:08x}"
+            job = _Job(id=job_id, kind=kind, run=run, meta=meta, created=int(now))
+            self._jobs[job_id] = job
+            self._queue.append(job)
+            self._wakeup.notify()
+            return self._view_locked(job)
+
+    def get(self, job_id: str) -> JobView:
+        """Raises `JobExpired` (410) or `JobNotFound` (404)."""
+        with self._lock:
+            return self._view_locked(self._lookup_locked(job_id))
+
+    def cancel(self, job_id: str) -> JobView:
+        """Queued: cancelled now. Generating: flagged; the run stops at its next check and the
+        job ends cancelled. Terminal: unchanged."""
+        with self._lock:
+            job = self._lookup_locked(job_id)
+            if job.status == QUEUED:
+                self._queue.remove(job)
+                self._finish_locked(job, CANCELLED, time.time(), CANCELLED_BY_CLIENT)
+            elif job.status == GENERATING:
+                job.cancel_flag.set()
+            return self._view_locked(job)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobView:
+        """Blocks until the job is terminal (or `timeout` passes) and returns its snapshot."""
+        with self._lock:
+            job = self._lookup_locked(job_id)
+        job.done.wait(timeout)
+        with self._lock:
+            return self._view_locked(job)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {"queued": len(self._queue), "generating": int(self._running is not None)}
+
+    # -- worker -----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._stopping:
+                    # Wake up now and then so retention also runs on an idle server.
+                    self._wakeup.wait(timeout=max(1.0, min(self.job_retention_s, 60.0)))
+                    self._prune_locked()
+                if self._stopping:
+                    return
+                job = self._queue.popleft()
+                job.status = GENERATING
+                job.started = int(time.time())
+                self._running = job
+            self._execute(job)
+
+    def _execute(self, job: _Job) -> None:
+        def progress(step: int, total: int) -> None:
+            with self._lock:
+                job.step, job.total = int(step), int(total)
+
+        status, result, error = COMPLETED, None, None
+        try:
+            result = job.run(progress, job.cancel_flag.is_set)
+        except Cancelled:
+            status, error = CANCELLED, CANCELLED_BY_CLIENT
+        except InvalidRequest as exc:
+            status, error = FAILED, {"code": "invalid_request", "message": str(exc)}
+        except Exception as exc:  # a pipeline failure fails this job, never the worker
+            log.exception("job %s failed", job.id)
+            message = str(exc) or type(exc).__name__
+            status, error = FAILED, {"code": "generation_failed", "message": message}
+        if status == COMPLETED and job.cancel_flag.is_set():
+            # The client was told its cancel was accepted; honour it even if the run got past
+            # its last check before noticing.
+            status, result, error = CANCELLED, None, CANCELLED_BY_CLIENT
+        if status == CANCELLED and not self._accepting:
+            error = CANCELLED_BY_SHUTDOWN
+        with self._lock:
+            job.result = result
+            self._finish_locked(job, status, time.time(), error)
+            self._running = None
+            self._prune_locked()
+
+    # -- internals (call with the lock held) ------------------------------------------------
+
+    def _finish_locked(self, job: _Job, status: str, now: float, error: Any) -> None:
+        job.status = status
+        job.error = error
+        job.completed = int(now)
+        job.finished_at = time.monotonic()
+        job.run = _spent  # drop the closure (and the request/engine refs it holds)
+        job.done.set()
+
+    def _lookup_locked(self, job_id: str) -> _Job:
+        self._prune_locked()
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        if job_id in self._tombstones:
+            raise JobExpired(job_id)
+        raise JobNotFound(job_id)
+
+    def _prune_locked(self) -> None:
+        now = time.monotonic()
+        for job_id, job in list(self._jobs.items()):
+            if job.finished_at is not None and now - job.finished_at >= self.job_retention_s:
+                del self._jobs[job_id]
+                self._tombstones[job_id] = job.finished_at + (
+                    self.job_retention_s + self.expired_retention_s
+                )
+        for job_id, gone_at in list(self._tombstones.items()):
+            if now >= gone_at:
+                del self._tombstones[job_id]
+
+    def _view_locked(self, job: _Job) -> JobView:
+        position = 0
+        if job.status == QUEUED:
+            position = next((i for i, queued in enumerate(self._queue, 1) if queued is job), 0)
+        return JobView(
+            id=job.id,
+            kind=job.kind,
+            status=job.status,
+            created=job.created,
+            started=job.started,
+            completed=job.completed,
+            queue_position=position,
+            step=job.step,
+            total=job.total,
+            result=job.result,
+            error=job.error,
+            meta=job.meta,
+        )
+
+
+def _spent(progress: ProgressFn, cancelled: CancelledFn) -> Any:
+    raise RuntimeError("job already ran")

@@ -1,0 +1,84 @@
+"""Marshmallow schemas of the AUTOMATIC1111-compatible surface (`/sdapi/v1/...`).
+
+A1111 clients send many keys this server has no use for (restore_faces, tiling, enable_hr,
+styles, subseed, alwayson_scripts, ...), so unknown keys are excluded (and logged at debug);
+known keys with a wrong type still answer 400.
+"""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields
+
+from webapp.schemas.common import Int, Num
+
+
+class LoraEntrySchema(Schema):
+    path = fields.String(required=True)
+    multiplier = Num()
+    is_high_noise = fields.Boolean()
+
+
+class Txt2ImgSchema(Schema):
+    prompt = fields.String(required=True)
+    negative_prompt = fields.String(allow_none=True)
+    width = Int(allow_none=True)
+    height = Int(allow_none=True)
+    steps = Int(allow_none=True)
+    cfg_scale = Num(allow_none=True)
+    seed = Int(allow_none=True, metadata={"description": "-1 means random"})
+    batch_size = Int(allow_none=True)
+    n_iter = Int(allow_none=True, metadata={"description": "batches; multiplies batch_size"})
+    clip_skip = Int(allow_none=True)
+    sampler_name = fields.String(allow_none=True)
+    sampler_index = fields.String(allow_none=True, metadata={"description": "old sampler_name"})
+    scheduler = fields.String(allow_none=True)
+    eta = Num(allow_none=True)
+    lora = fields.List(fields.Nested(LoraEntrySchema), allow_none=True)
+    extra_images = fields.List(fields.String(), allow_none=True)
+    sd_model_checkpoint = fields.String(allow_none=True)
+    override_settings = fields.Dict(keys=fields.String(), allow_none=True)
+    send_images = fields.Boolean(allow_none=True)
+    save_images = fields.Boolean(allow_none=True)
+    embed_image_metadata = fields.Boolean(allow_none=True)
+
+
+class Txt2ImgResponseSchema(Schema):
+    images = fields.List(fields.String(), metadata={"description": "base64 PNG images"})
+    parameters = fields.Dict()
+    info = fields.String(metadata={"description": "JSON string: seeds, infotexts, ..."})
+
+
+class SamplerSchema(Schema):
+    name = fields.String()
+    aliases = fields.List(fields.String())
+    options = fields.Dict()
+
+
+class SchedulerSchema(Schema):
+    name = fields.String()
+    label = fields.String()
+
+
+class SdModelSchema(Schema):
+    title = fields.String()
+    model_name = fields.String()
+    filename = fields.String()
+    hash = fields.String(allow_none=True)
+    sha256 = fields.String(allow_none=True)
+    config = fields.String(allow_none=True)
+
+
+class OptionsSchema(Schema):
+    samples_format = fields.String()
+    sd_model_checkpoint = fields.String()
+
+
+class LoraFileSchema(Schema):
+    name = fields.String()
+    path = fields.String()
+
+
+class FlatErrorSchema(Schema):
+    error = fields.String()
+    detail = fields.String()
+    message = fields.String()

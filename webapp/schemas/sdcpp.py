@@ -1,0 +1,121 @@
+"""Marshmallow schemas of the native sdcpp API (`/sdcpp/v1/img_gen`, and `sd_cpp_extra_args`).
+
+Field names and shapes follow seeds/sdcpp-server-api.md. Schemas check types and the static
+ranges; limits that come from the serve config (sizes, steps, batch) and features this server
+does not implement yet are checked in `webapp.translate`, so the messages can name the field.
+Unknown keys are rejected: on the native surface a typo must not be silently ignored.
+"""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from webapp.schemas.common import Int, Num
+
+CACHE_MODES = ("disabled", "easycache", "ucache", "dbcache", "taylorseer", "cache-dit", "spectrum")
+
+
+class SlgSchema(Schema):
+    layers = fields.List(Int())
+    layer_start = Num()
+    layer_end = Num()
+    scale = Num()
+
+
+class GuidanceSchema(Schema):
+    txt_cfg = Num(validate=validate.Range(min=0, error="must be >= 0"))
+    img_cfg = Num(allow_none=True)
+    distilled_guidance = Num()
+    slg = fields.Nested(SlgSchema)
+
+
+class SampleParamsSchema(Schema):
+    scheduler = fields.String(allow_none=True)
+    sample_method = fields.String(allow_none=True)
+    sample_steps = Int()
+    eta = Num(allow_none=True)
+    shifted_timestep = Int(validate=validate.Range(min=0, max=1000))
+    custom_sigmas = fields.List(Num())
+    flow_shift = Num(allow_none=True)
+    guidance = fields.Nested(GuidanceSchema)
+
+
+class LoraSchema(Schema):
+    path = fields.String(required=True)
+    multiplier = Num()
+    is_high_noise = fields.Boolean()
+
+
+class VaeTilingSchema(Schema):
+    enabled = fields.Boolean()
+    tile_size_x = Int()
+    tile_size_y = Int()
+    target_overlap = Num()
+    rel_size_x = Num()
+    rel_size_y = Num()
+
+
+class GenerationSchema(Schema):
+    """Fields img_gen and vid_gen share."""
+
+    model = fields.String(metadata={"description": "jaxvideo extension: a served model name"})
+    prompt = fields.String()
+    negative_prompt = fields.String()
+    clip_skip = Int()
+    width = Int()
+    height = Int()
+    strength = Num(validate=validate.Range(min=0, max=1, error="must be within [0, 1]"))
+    seed = Int(metadata={"description": "negative means a random seed"})
+    init_image = fields.String(allow_none=True)
+    sample_params = fields.Nested(SampleParamsSchema)
+    lora = fields.List(fields.Nested(LoraSchema))
+    vae_tiling_params = fields.Nested(VaeTilingSchema)
+    cache_mode = fields.String(validate=validate.OneOf(("", *CACHE_MODES)))
+    cache_option = fields.String()
+    scm_mask = fields.String()
+    scm_policy_dynamic = fields.Boolean()
+    output_format = fields.String()
+    output_compression = Int()
+
+
+class ImgGenSchema(GenerationSchema):
+    """`POST /sdcpp/v1/img_gen` and `sd_cpp_extra_args` blocks."""
+
+    batch_count = Int()
+    auto_resize_ref_image = fields.Boolean()
+    increase_ref_index = fields.Boolean()
+    control_strength = Num()
+    embed_image_metadata = fields.Boolean()
+    ref_images = fields.List(fields.String())
+    mask_image = fields.String(allow_none=True)
+    control_image = fields.String(allow_none=True)
+
+
+class JobSubmittedSchema(Schema):
+    id = fields.String()
+    kind = fields.String()
+    status = fields.String()
+    created = fields.Integer()
+    poll_url = fields.String()
+
+
+class ProgressSchema(Schema):
+    step = fields.Integer()
+    total = fields.Integer()
+
+
+class JobSchema(Schema):
+    """The job JSON of `GET /sdcpp/v1/jobs/{id}` (response documentation only)."""
+
+    id = fields.String()
+    kind = fields.String()
+    status = fields.String(
+        metadata={"enum": ["queued", "generating", "completed", "failed", "cancelled"]}
+    )
+    created = fields.Integer()
+    started = fields.Integer(allow_none=True)
+    completed = fields.Integer(allow_none=True)
+    queue_position = fields.Integer()
+    progress = fields.Nested(ProgressSchema)
+    result = fields.Dict(allow_none=True)
+    error = fields.Dict(allow_none=True)

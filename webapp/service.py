@@ -1,0 +1,166 @@
+"""The object every blueprint shares: config, engine, job table, and image jobs built on them.
+
+`resolve` applies the merge precedence and the configured limits; `submit_images` queues a job
+that runs `Engine.generate` and encodes the frames in the worker thread, so a finished job holds
+ready-to-send bytes; `generate_images` is the synchronous variant (submit, then wait).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import current_app
+
+from jaxvideo.config import ConfigError, ServeConfig
+from jaxvideo.errors import InvalidRequest
+from jaxvideo.media import encode_image
+from jaxvideo.request import GenerationRequest, build_request
+from jaxvideo.results import ModelInfo
+from webapp import a1111
+from webapp.errors import ApiError, invalid
+from webapp.jobs import CANCELLED, COMPLETED, CANCELLED_BY_SHUTDOWN, JobTable, JobView
+from webapp.translate import Capabilities, OutputOptions, check_request
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    index: int
+    data: bytes
+    seed: int
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """A finished image job: encoded files plus what the surfaces echo back."""
+
+    images: list[EncodedImage]
+    output_format: str
+    request: GenerationRequest
+    model: str
+    infotexts: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Service:
+    def __init__(self, config: ServeConfig, engine: Any, jobs: JobTable, caps: Capabilities):
+        self.config = config
+        self.engine = engine
+        self.jobs = jobs
+        self.caps = caps
+        self.version = jaxvideo_version()
+
+    @property
+    def models(self) -> list[ModelInfo]:
+        return list(self.engine.models)
+
+    def model_info(self, name: str | None) -> ModelInfo:
+        try:
+            return self.engine.model_info(name)
+        except InvalidRequest as exc:
+            served = ", ".join(m.name for m in self.models)
+            raise invalid(
+                "model", f"{exc}; served models: [{served}]", code="model_not_found"
+            ) from exc
+
+    def family_defaults(self, model: str) -> dict[str, Any]:
+        return dict(self.engine.family_defaults(model))
+
+    def resolve(
+        self, fields: Mapping[str, Any], names: Mapping[str, str] | None = None
+    ) -> GenerationRequest:
+        """Client fields > operator `default_request` > family defaults, then the limits."""
+        info = self.model_info(fields.get("model", self.config.default_request.get("model")))
+        mode = fields.get("mode", "img_gen")
+        if mode not in info.modes:
+            raise invalid("model", f"model {info.name!r} cannot serve {mode}", code="wrong_mode")
+        client = {**fields, "model": info.name, "mode": mode}
+        try:
+            request = build_request(
+                client, self.config.default_request, self.family_defaults(info.name)
+            )
+        except InvalidRequest as exc:
+            raise ApiError(400, str(exc)) from exc
+        check_request(request, self.caps, names)
+        return request
+
+    def check_operator_defaults(self) -> None:
+        """Fails start-up when `default_request` cannot produce a valid request."""
+        for info in self.models:
+            if "img_gen" not in info.modes:
+                continue
+            try:
+                self.resolve({"model": info.name})
+            except ApiError as exc:
+                raise ConfigError(f"default_request (model {info.name}): {exc.message}") from exc
+
+    # -- image jobs -------------------------------------------------------------------------
+
+    def submit_images(self, request: GenerationRequest, output: OutputOptions) -> JobView:
+        default_scheduler = self.family_defaults(request.model).get("scheduler")
+
+        def run(progress, cancelled) -> ImageResult:
+            result = self.engine.generate(request, progress=progress, cancelled=cancelled)
+            images, infotexts = [], []
+            for index, (pixels, seed) in enumerate(zip(result.images, result.seeds)):
+                text = self.infotext(request, seed, default_scheduler)
+                infotexts.append(text)
+                chunks = {"parameters": text} if output.embed_metadata else None
+                data = encode_image(pixels, output.output_format, output.quality, chunks)
+                images.append(EncodedImage(index, data, int(seed)))
+            return ImageResult(
+                images, output.output_format, request, request.model, infotexts, result.info
+            )
+
+        return self.jobs.submit(request.mode, run)
+
+    def generate_images(self, request: GenerationRequest, output: OutputOptions) -> ImageResult:
+        """Synchronous surfaces: queue like everyone else, then wait for the result."""
+        view = self.jobs.wait(self.submit_images(request, output).id)
+        if view.status == COMPLETED:
+            return view.result
+        error = view.error or {}
+        if view.status == CANCELLED:
+            if error == CANCELLED_BY_SHUTDOWN:
+                raise ApiError(503, "server is shutting down", code="shutting_down")
+            raise ApiError(409, "job cancelled", detail=error.get("message"), code="cancelled")
+        if error.get("code") == "invalid_request":
+            raise ApiError(400, error.get("message", "invalid request"), code="invalid_request")
+        raise ApiError(
+            500, "generation failed", detail=error.get("message"), code="generation_failed"
+        )
+
+    def infotext(self, request: GenerationRequest, seed: int, default_scheduler: Any) -> str:
+        params = a1111.infotext_params(
+            steps=request.steps,
+            sampler=request.sampler,
+            scheduler=request.scheduler,
+            default_scheduler=default_scheduler,
+            guidance_scale=request.guidance_scale,
+            seed=seed,
+            width=request.width,
+            height=request.height,
+            model=request.model or "",
+            clip_skip=request.clip_skip,
+            version=f"jaxvideo {self.version}",
+        )
+        return a1111.infotext(request.prompt, request.negative_prompt, params)
+
+
+def service() -> Service:
+    """The Service of the app handling the current request."""
+    return current_app.extensions["jaxvideo"]
+
+
+def jaxvideo_version() -> str:
+    import jaxvideo
+
+    version = getattr(jaxvideo, "__version__", None)
+    if version:
+        return str(version)
+    try:
+        return importlib.metadata.version("jaxvideo")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,282 @@
+"""Turning parsed surface payloads into the client-explicit fields of a GenerationRequest.
+
+Every function here returns only the fields the client really sent (plus the surface's fixed
+`mode`), so `build_request` can apply client > operator `default_request` > family defaults.
+The native sdcpp translation is shared: `sd_cpp_extra_args` blocks on the OpenAI and sdapi
+surfaces use the same schema and rules.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from jaxvideo.config import ServerConfig
+from jaxvideo.media import IMAGE_FORMATS
+from jaxvideo.request import GenerationRequest
+from webapp.errors import ApiError, invalid
+from webapp.schemas.common import load
+from webapp.schemas.sdcpp import ImgGenSchema
+
+EXTRA_ARGS = re.compile(r"<sd_cpp_extra_args>(.*?)</sd_cpp_extra_args>", re.DOTALL)
+NOT_YET = "not supported by this server yet"
+# Names that mean "use the model family's choice".
+DEFAULT_NAMES = frozenset(("", "default", "auto", "automatic"))
+SCHEDULER_ALIASES = {"normal": "discrete"}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What requests are checked against: the sampling catalog and the configured limits."""
+
+    samplers: tuple[str, ...]
+    schedulers: tuple[str, ...]
+    limits: ServerConfig
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How finished images are encoded (not part of GenerationRequest: pixels do not change)."""
+
+    output_format: str = "png"
+    quality: int = 100
+    embed_metadata: bool = True
+
+
+def extract_extra_args(prompt: str) -> tuple[str, dict[str, Any] | None]:
+    """Removes every `<sd_cpp_extra_args>` block from the prompt and parses the first one."""
+    blocks = EXTRA_ARGS.findall(prompt)
+    if not blocks:
+        return prompt, None
+    cleaned = EXTRA_ARGS.sub("", prompt).strip()
+    try:
+        parsed = json.loads(blocks[0])
+    except ValueError as exc:
+        raise ApiError(400, "invalid sd_cpp_extra_args", detail=str(exc), param="prompt") from exc
+    if not isinstance(parsed, dict):
+        raise ApiError(
+            400, "invalid sd_cpp_extra_args", detail="expected a JSON object", param="prompt"
+        )
+    return cleaned, parsed
+
+
+def load_extra_args(block: Mapping[str, Any]) -> dict[str, Any]:
+    """Parses an extra-args block with the native schema; errors name `sd_cpp_extra_args.*`."""
+    try:
+        return load(ImgGenSchema(), block)
+    except ApiError as exc:
+        param = f"sd_cpp_extra_args.{exc.param}" if exc.param else "sd_cpp_extra_args"
+        raise ApiError(400, f"invalid sd_cpp_extra_args: {exc.message}", param=param) from exc
+
+
+def sdcpp_fields(data: Mapping[str, Any], caps: Capabilities) -> tuple[dict[str, Any], dict]:
+    """Native img_gen payload -> (client fields, output option updates)."""
+    reject_unsupported(data)
+    fields: dict[str, Any] = {}
+    for key in ("model", "prompt", "negative_prompt", "width", "height", "seed"):
+        if key in data:
+            fields[key] = data[key]
+    if data.get("clip_skip", 0) > 0:  # <= 0 means "the model's default", as in the peer
+        fields["clip_skip"] = data["clip_skip"]
+    if "batch_count" in data:
+        fields["batch_count"] = min(max(data["batch_count"], 1), caps.limits.max_batch_count)
+    params = data.get("sample_params") or {}
+    method = sampler_name(params.get("sample_method"), caps, "sample_params.sample_method")
+    if method:
+        fields["sampler"] = method
+    scheduler = scheduler_name(params.get("scheduler"), caps, "sample_params.scheduler")
+    if scheduler:
+        fields["scheduler"] = scheduler
+    if "sample_steps" in params:
+        fields["steps"] = params["sample_steps"]
+    if params.get("eta") is not None:
+        fields["eta"] = params["eta"]
+    guidance = params.get("guidance") or {}
+    if "txt_cfg" in guidance:
+        fields["guidance_scale"] = guidance["txt_cfg"]
+    output: dict[str, Any] = {}
+    if "output_format" in data:
+        output["output_format"] = image_format(data["output_format"])
+    if "output_compression" in data:
+        output["quality"] = min(max(data["output_compression"], 0), 100)
+    if "embed_image_metadata" in data:
+        output["embed_metadata"] = data["embed_image_metadata"]
+    return fields, output
+
+
+def reject_unsupported(data: Mapping[str, Any]) -> None:
+    """Fields that would change the output but are not implemented yet answer 400 by name.
+
+    Fields that only matter together with one of these (strength, img_cfg, control_strength,
+    cache_option, ...) are type-checked and accepted.
+    """
+    for key in ("init_image", "mask_image", "control_image", "ref_images", "lora"):
+        if data.get(key):
+            raise invalid(key, NOT_YET, code="unsupported")
+    if (data.get("vae_tiling_params") or {}).get("enabled"):
+        raise invalid("vae_tiling_params.enabled", NOT_YET, code="unsupported")
+    if data.get("cache_mode", "disabled") not in ("", "disabled"):
+        raise invalid("cache_mode", NOT_YET, code="unsupported")
+    params = data.get("sample_params") or {}
+    if params.get("custom_sigmas"):
+        raise invalid("sample_params.custom_sigmas", NOT_YET, code="unsupported")
+    if params.get("shifted_timestep"):
+        raise invalid("sample_params.shifted_timestep", NOT_YET, code="unsupported")
+    if params.get("flow_shift"):
+        raise invalid("sample_params.flow_shift", NOT_YET, code="unsupported")
+    if ((params.get("guidance") or {}).get("slg") or {}).get("scale"):
+        raise invalid("sample_params.guidance.slg.scale", NOT_YET, code="unsupported")
+
+
+def sampler_name(name: str | None, caps: Capabilities, param: str) -> str | None:
+    """A native sampler name, or None for the family default; unknown names answer 400."""
+    if name is None or name.strip().lower() in DEFAULT_NAMES:
+        return None
+    key = name.strip().lower()
+    if key not in caps.samplers:
+        raise invalid(param, f"unknown sampler {name!r}, must be one of {_listing(caps.samplers)}")
+    return key
+
+
+def scheduler_name(name: str | None, caps: Capabilities, param: str) -> str | None:
+    """A native scheduler name, or None for the family default; unknown names answer 400."""
+    if name is None or name.strip().lower() in DEFAULT_NAMES:
+        return None
+    key = SCHEDULER_ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key not in caps.schedulers:
+        raise invalid(
+            param, f"unknown scheduler {name!r}, must be one of {_listing(caps.schedulers)}"
+        )
+    return key
+
+
+def image_format(name: str) -> str:
+    fmt = name.strip().lower()
+    fmt = "jpeg" if fmt == "jpg" else fmt
+    if fmt not in IMAGE_FORMATS:
+        raise ApiError(
+            400,
+            f"invalid output_format, must be one of [{', '.join(IMAGE_FORMATS)}]",
+            param="output_format",
+            code="invalid_value",
+        )
+    return fmt
+
+
+def apply_output(options: OutputOptions, updates: Mapping[str, Any]) -> OutputOptions:
+    return replace(options, **updates) if updates else options
+
+
+def parse_size(size: str, param: str = "size") -> tuple[int, int] | None:
+    """`"WxH"` -> (W, H); `"auto"` -> None (the model's default size)."""
+    text = size.strip().lower()
+    if text == "auto":
+        return None
+    match = re.fullmatch(r"(\d{1,6})x(\d{1,6})", text)
+    if not match:
+        raise invalid(param, f"expected WIDTHxHEIGHT or auto, got {size!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def check_request(
+    request: GenerationRequest, caps: Capabilities, names: Mapping[str, str] | None = None
+) -> None:
+    """The merged request must fit the configured limits; errors use the surface's field names."""
+    names = names or {}
+    limits = caps.limits
+
+    def name(field: str) -> str:
+        return names.get(field, field)
+
+    for field, low, high in (
+        ("width", limits.min_width, limits.max_width),
+        ("height", limits.min_height, limits.max_height),
+    ):
+        value = getattr(request, field)
+        if not low <= value <= high:
+            raise invalid(name(field), f"{field} must be within [{low}, {high}], got {value}")
+        if value % 8:
+            raise invalid(name(field), f"{field} must be a multiple of 8, got {value}")
+    if not 1 <= request.batch_count <= limits.max_batch_count:
+        raise invalid(
+            name("batch_count"),
+            f"must be within [1, {limits.max_batch_count}], got {request.batch_count}",
+        )
+    if not 1 <= request.steps <= limits.max_steps:
+        raise invalid(name("steps"), f"must be within [1, {limits.max_steps}], got {request.steps}")
+    if request.guidance_scale < 0:
+        raise invalid(name("guidance_scale"), f"must be >= 0, got {request.guidance_scale}")
+    if request.sampler not in caps.samplers:
+        raise invalid(name("sampler"), f"unknown sampler {request.sampler!r}")
+    if request.scheduler not in caps.schedulers:
+        raise invalid(name("scheduler"), f"unknown scheduler {request.scheduler!r}")
+
+
+def _listing(names: tuple[str, ...]) -> str:
+    return "[" + ", ".join(names) + "]"
+
+
+# -- OpenAI ---------------------------------------------------------------------------------
+
+OPENAI_NAMES = {"width": "size", "height": "size", "batch_count": "n"}
+
+
+def openai_fields(
+    data: Mapping[str, Any], caps: Capabilities
+) -> tuple[dict[str, Any], OutputOptions]:
+    """`/v1/images/generations` payload -> (client fields, output options).
+
+    An `sd_cpp_extra_args` block in the prompt wins over the outer fields (the peer's rule).
+    """
+    data = {key: value for key, value in data.items() if value is not None}
+    if data.get("response_format", "b64_json") != "b64_json":
+        raise invalid(
+            "response_format",
+            f"{data['response_format']!r} is not supported; images are returned as b64_json",
+            code="unsupported",
+        )
+    if data.get("stream"):
+        raise invalid("stream", "streaming is not supported", code="unsupported")
+    prompt, block = extract_extra_args(data["prompt"])
+    fields: dict[str, Any] = {"prompt": prompt}
+    if "model" in data:
+        fields["model"] = data["model"]
+    if "n" in data:
+        if data["n"] > caps.limits.max_batch_count:
+            raise invalid("n", f"must be within [1, {caps.limits.max_batch_count}]")
+        fields["batch_count"] = data["n"]
+    size = parse_size(data["size"]) if "size" in data else None
+    if size is not None:
+        fields["width"], fields["height"] = size
+    for key, target in (
+        ("seed", "seed"),
+        ("negative_prompt", "negative_prompt"),
+        ("num_inference_steps", "steps"),
+        ("steps", "steps"),
+        ("cfg_scale", "guidance_scale"),
+        ("guidance_scale", "guidance_scale"),
+        ("eta", "eta"),
+    ):
+        if key in data:
+            fields[target] = data[key]
+    if data.get("clip_skip", 0) > 0:
+        fields["clip_skip"] = data["clip_skip"]
+    sampler = sampler_name(data.get("sampler"), caps, "sampler")
+    if sampler:
+        fields["sampler"] = sampler
+    scheduler = scheduler_name(data.get("scheduler"), caps, "scheduler")
+    if scheduler:
+        fields["scheduler"] = scheduler
+    output: dict[str, Any] = {}
+    if "output_format" in data:
+        output["output_format"] = image_format(data["output_format"])
+    if "output_compression" in data:
+        output["quality"] = min(max(data["output_compression"], 0), 100)
+    if block is not None:
+        block_fields, block_output = sdcpp_fields(load_extra_args(block), caps)
+        fields.update(block_fields)
+        output.update(block_output)
+    return fields, apply_output(OutputOptions(), output)
