@@ -97,22 +97,26 @@ def main() -> None:
     err = float(np.abs(np.asarray(out_j) - out_t.permute(0, 2, 3, 1).numpy()).max())
 
     jax_s, torch_s = float(np.median(jax_times)), float(np.median(torch_times))
-    print(json.dumps({
-        "benchmark": "unet_step_cfg",
-        "config": args.config,
-        "size": args.size,
-        "batch": 2,
-        "jax_s_per_step": round(jax_s, 4),
-        "torch_s_per_step": round(torch_s, 4),
-        "ratio_jax_over_torch": round(jax_s / torch_s, 3),
-        "jax_compile_s": round(compile_s, 2),
-        "max_abs_diff": err,
-        "jax": jax.__version__,
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
-        "devices": str(jax.devices()),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "unet_step_cfg",
+                "config": args.config,
+                "size": args.size,
+                "batch": 2,
+                "jax_s_per_step": round(jax_s, 4),
+                "torch_s_per_step": round(torch_s, 4),
+                "ratio_jax_over_torch": round(jax_s / torch_s, 3),
+                "jax_compile_s": round(compile_s, 2),
+                "max_abs_diff": err,
+                "jax": jax.__version__,
+                "torch": torch.__version__,
+                "cpu_count": os.cpu_count(),
+                "machine": platform.processor() or platform.machine(),
+                "devices": str(jax.devices()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

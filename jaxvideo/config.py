@@ -74,7 +74,7 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Everything `gunicorn webapp:app` serves. `default_request` holds only operator-written keys."""
+    """What `gunicorn webapp:app` serves. `default_request` holds only operator-written keys."""
 
     models: tuple[ModelSpec, ...]
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -211,9 +211,7 @@ def _mapping(raw: Any, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
     for key in raw:
         if key not in allowed:
             prefix = f"{where}." if where else ""
-            raise ConfigError(
-                f"{prefix}{key}: unknown key (expected one of {', '.join(allowed)})"
-            )
+            raise ConfigError(f"{prefix}{key}: unknown key (expected one of {', '.join(allowed)})")
     return dict(raw)
 
 

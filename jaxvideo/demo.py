@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flax import nnx
 
 from jaxvideo.models.registry import class_name_of, spec_for
 from jaxvideo.tokenizers import write_tiny_clip_tokenizer
-from jaxvideo.weights import flat_path, save_component
+from jaxvideo.weights import abstract_model, param_shapes, save_component
 
 DEMO_PREFIX = "demo:"
 READY_MARKER = ".complete"
@@ -89,13 +88,31 @@ def sd1_tiny_configs(vocab_size: int) -> dict[str, dict[str, Any]]:
     }
 
 
+def random_params(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
+    """Scaled-normal weights, unit norm scales, zero biases: numbers, not a trained model.
+
+    Drawn with numpy rather than the modules' initialisers, which run op by op and take
+    minutes on a CPU even for a toy network.
+    """
+    rng = np.random.default_rng(seed)
+    params = {}
+    for path, shape in shapes.items():
+        leaf = path.rsplit(".", 1)[-1]
+        if leaf == "scale":
+            params[path] = np.ones(shape, np.float32)
+        elif leaf == "bias":
+            params[path] = np.zeros(shape, np.float32)
+        else:
+            fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+            std = 0.02 if leaf == "embedding" else fan_in**-0.5
+            params[path] = (rng.standard_normal(shape) * std).astype(np.float32)
+    return params
+
+
 def _save_random_component(out_dir: Path, hf_config: dict[str, Any], seed: int) -> None:
     spec = spec_for(class_name_of(hf_config))
-    model = spec.build(spec.config_from_hf(hf_config), rngs=nnx.Rngs(seed))
-    params = {
-        flat_path(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
-    }
-    save_component(out_dir, hf_config, params)
+    shapes = param_shapes(abstract_model(spec, spec.config_from_hf(hf_config)))
+    save_component(out_dir, hf_config, random_params(shapes, seed))
 
 
 def build_sd1_tiny(out_dir: str | Path, seed: int = 0) -> Path:

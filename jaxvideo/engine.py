@@ -56,7 +56,9 @@ class Engine:
             try:
                 pipeline_cls = PIPELINES[spec.family]
             except KeyError:
-                raise ValueError(f"model {spec.name!r}: family {spec.family!r} not supported") from None
+                raise ValueError(
+                    f"model {spec.name!r}: family {spec.family!r} not supported"
+                ) from None
             self._pipelines[spec.name] = pipeline_cls(folder, dtype=spec.dtype)
             self._infos[spec.name] = ModelInfo(
                 name=spec.name,
@@ -66,8 +68,13 @@ class Engine:
                 created=int((folder / "model_index.json").stat().st_mtime),
                 dtype=spec.dtype,
             )
-            log.info("loaded %s (%s) from %s in %.1fs", spec.name, spec.family, folder,
-                     time.monotonic() - started)
+            log.info(
+                "loaded %s (%s) from %s in %.1fs",
+                spec.name,
+                spec.family,
+                folder,
+                time.monotonic() - started,
+            )
 
     @property
     def models(self) -> list[ModelInfo]:

@@ -18,17 +18,21 @@ def toy_eps(x_in: np.ndarray, t: float) -> np.ndarray:
 
 
 def diffusers_scheduler(cls, use_karras: bool):
-    return cls(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        timestep_spacing="linspace",
-        use_karras_sigmas=use_karras,
-    ) if cls is EulerDiscreteScheduler else cls(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        timestep_spacing="linspace",
+    return (
+        cls(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            timestep_spacing="linspace",
+            use_karras_sigmas=use_karras,
+        )
+        if cls is EulerDiscreteScheduler
+        else cls(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            timestep_spacing="linspace",
+        )
     )
 
 
@@ -95,8 +99,12 @@ def test_euler_ancestral_step_matches_diffusers_given_the_same_noise():
         noise = torch.randn(x.shape, generator=draw)
         denoised = x - sigma * eps
         ours = _ancestral_update(
-            jnp.asarray(x.numpy()), jnp.asarray(denoised.numpy()), sigma, sigma_next,
-            jnp.asarray(noise.numpy()), 1.0,
+            jnp.asarray(x.numpy()),
+            jnp.asarray(denoised.numpy()),
+            sigma,
+            sigma_next,
+            jnp.asarray(noise.numpy()),
+            1.0,
         )
         x = sched.step(eps, t, x, generator=gen).prev_sample
         np.testing.assert_allclose(np.asarray(ours), x.numpy(), atol=1e-4)

@@ -38,7 +38,6 @@ def create_app(config: ServeConfig | None = None, engine: Any = None) -> Flask:
         log.info("loading %d model(s) from %s", len(config.models), config.source)
         engine = Engine(config)
     from jaxvideo.sampling import SAMPLERS, SCHEDULERS
-
     from webapp.api import BLUEPRINTS, ROUTE_DOCS
     from webapp.openapi import build_openapi
 
@@ -83,10 +82,12 @@ def close_intake() -> None:
         _app.extensions["jaxvideo"].jobs.close_intake()
 
 
-def shutdown(drain_s: float = 0.0, join_s: float = 5.0) -> None:
-    """Stops the job table of the process-wide app, if one was created."""
-    if _app is not None:
-        _app.extensions["jaxvideo"].jobs.shutdown(drain_s=drain_s, join_s=join_s)
+def shutdown(drain_s: float = 0.0, join_s: float = 5.0) -> bool:
+    """Stops the job table of the process-wide app, if one was created; False when its worker
+    thread is still busy after `join_s`."""
+    if _app is None:
+        return True
+    return _app.extensions["jaxvideo"].jobs.shutdown(drain_s=drain_s, join_s=join_s)
 
 
 def __getattr__(name: str) -> Any:

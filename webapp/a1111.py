@@ -95,8 +95,9 @@ def parse_sampler(
         raise invalid(param, f"sampler {name!r} is not supported, must be one of [{supported}]")
     if scheduler is not None and scheduler not in caps.schedulers:
         raise invalid(
-            param, f"schedule {scheduler!r} in {name!r} is not supported, must be one of "
-            f"[{', '.join(caps.schedulers)}]"
+            param,
+            f"schedule {scheduler!r} in {name!r} is not supported, must be one of "
+            f"[{', '.join(caps.schedulers)}]",
         )
     return native, scheduler
 

@@ -63,7 +63,9 @@ def error_response(error: ApiError, surface: str | None = None) -> Response:
     if surface == "openai":
         message = f"{error.message}: {error.detail}" if error.detail else error.message
         kind = "server_error" if error.status >= 500 else "invalid_request_error"
-        body = {"error": {"message": message, "type": kind, "code": error.code, "param": error.param}}
+        body = {
+            "error": {"message": message, "type": kind, "code": error.code, "param": error.param}
+        }
     else:
         body = {"error": error.message}
         if error.detail:

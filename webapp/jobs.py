@@ -152,9 +152,12 @@ class JobTable:
         """
         self._accepting = False
 
-    def shutdown(self, *, drain_s: float = 0.0, join_s: float = 5.0) -> None:
+    def shutdown(self, *, drain_s: float = 0.0, join_s: float = 5.0) -> bool:
         """Stops accepting, cancels queued jobs, gives the running one `drain_s` to finish
-        before flagging it cancelled, and joins the worker for up to `join_s`."""
+        before flagging it cancelled, and joins the worker for up to `join_s`.
+
+        Returns False when the worker is still busy (e.g. inside a compilation that cannot be
+        interrupted between sampler steps)."""
         self._accepting = False
         now = time.time()
         with self._lock:
@@ -171,6 +174,8 @@ class JobTable:
             worker.join(join_s)
             if worker.is_alive():
                 log.warning("job worker still running after %.1f s; leaving it", join_s)
+                return False
+        return True
 
     # -- client operations ------------------------------------------------------------------
 
@@ -252,7 +257,8 @@ class JobTable:
             status, error = FAILED, {"code": "invalid_request", "message": str(exc)}
         except Exception as exc:  # a pipeline failure fails this job, never the worker
             log.exception("job %s failed", job.id)
-            message = str(exc) or type(exc).__name__
+            # XLA errors can run to pages; the first line says what went wrong.
+            message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
             status, error = FAILED, {"code": "generation_failed", "message": message}
         if status == COMPLETED and job.cancel_flag.is_set():
             # The client was told its cancel was accepted; honour it even if the run got past

@@ -21,7 +21,7 @@ from jaxvideo.request import GenerationRequest, build_request
 from jaxvideo.results import ModelInfo
 from webapp import a1111
 from webapp.errors import ApiError, invalid
-from webapp.jobs import CANCELLED, COMPLETED, CANCELLED_BY_SHUTDOWN, JobTable, JobView
+from webapp.jobs import CANCELLED, CANCELLED_BY_SHUTDOWN, COMPLETED, JobTable, JobView
 from webapp.translate import Capabilities, OutputOptions, check_request
 
 
@@ -104,7 +104,7 @@ class Service:
         def run(progress, cancelled) -> ImageResult:
             result = self.engine.generate(request, progress=progress, cancelled=cancelled)
             images, infotexts = [], []
-            for index, (pixels, seed) in enumerate(zip(result.images, result.seeds)):
+            for index, (pixels, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
                 text = self.infotext(request, seed, default_scheduler)
                 infotexts.append(text)
                 chunks = {"parameters": text} if output.embed_metadata else None

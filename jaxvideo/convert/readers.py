@@ -84,7 +84,9 @@ def find_weight_files(component_dir: Path) -> list[Path]:
                 return [single]
     # A variant such as diffusion_pytorch_model.fp16.safetensors
     for ext in (".safetensors", ".bin"):
-        found = sorted(p for p in component_dir.glob(f"*{ext}") if not p.name.endswith(".index.json"))
+        found = sorted(
+            p for p in component_dir.glob(f"*{ext}") if not p.name.endswith(".index.json")
+        )
         if found:
             return found[:1]
     raise FileNotFoundError(f"no .safetensors or .bin weights in {component_dir}")

@@ -1,4 +1,4 @@
-"""diffusers `UNet2DConditionModel` (SD 1.x / 2.x, SDXL's text_time) in Flax NNX, with its key map."""
+"""diffusers `UNet2DConditionModel` (SD 1.x/2.x, SDXL text_time) in Flax NNX, and its key map."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ class UNetConfig:
     def validate(self) -> None:
         n = len(self.block_out_channels)
         if len(self.down_block_types) != n or len(self.up_block_types) != n:
-            raise ValueError("down_block_types, up_block_types and block_out_channels differ in length")
+            raise ValueError("down/up_block_types and block_out_channels differ in length")
         for kind, allowed in (
             (self.down_block_types, DOWN_BLOCKS),
             (self.up_block_types, UP_BLOCKS),
@@ -129,10 +129,14 @@ class UNetConfig:
             for t in kind:
                 if t not in allowed:
                     raise ValueError(f"unsupported UNet block type {t!r}; supported: {allowed}")
-        if self.addition_embed_type == "text_time" and (
-            self.addition_time_embed_dim is None or self.projection_class_embeddings_input_dim is None
+        if self.addition_embed_type == "text_time" and None in (
+            self.addition_time_embed_dim,
+            self.projection_class_embeddings_input_dim,
         ):
-            raise ValueError("text_time needs addition_time_embed_dim and projection_class_...")
+            raise ValueError(
+                "addition_embed_type='text_time' needs addition_time_embed_dim and "
+                "projection_class_embeddings_input_dim"
+            )
 
     def per_block(self, value: Any) -> tuple[Any, ...]:
         """Broadcasts an int-or-list option to one entry per down block."""
@@ -153,7 +157,7 @@ class UNetConfig:
 
 
 class UNet2DConditionModel(nnx.Module):
-    """Noise predictor: (B, H, W, C) latents, (B,) float timesteps, (B, L, D) text -> (B, H, W, C)."""
+    """Noise predictor: (B, H, W, C) latents, (B,) float timesteps, (B, L, D) text -> NHWC."""
 
     def __init__(
         self,
@@ -172,7 +176,8 @@ class UNet2DConditionModel(nnx.Module):
         n = len(boc)
         temb = c.time_embed_dim
         heads, cross = c.heads, c.per_block(c.cross_attention_dim)
-        layers, depths = c.per_block(c.layers_per_block), c.per_block(c.transformer_layers_per_block)
+        layers = c.per_block(c.layers_per_block)
+        depths = c.per_block(c.transformer_layers_per_block)
         blocks = dict(groups=c.norm_num_groups, eps=c.norm_eps)
 
         self.conv_in = conv2d(c.in_channels, boc[0], c.conv_in_kernel, **kw)
@@ -262,9 +267,11 @@ class UNet2DConditionModel(nnx.Module):
         # Samplers pass one (possibly fractional) timestep for the whole batch or one per row.
         t = jnp.broadcast_to(jnp.reshape(jnp.asarray(timesteps, jnp.float32), (-1,)), (batch,))
         t_emb = timestep_embedding(
-            t, c.block_out_channels[0], flip_sin_to_cos=c.flip_sin_to_cos,
+            t,
+            c.block_out_channels[0],
+            flip_sin_to_cos=c.flip_sin_to_cos,
             downscale_freq_shift=c.freq_shift,
-        )  # fmt: skip
+        )
         emb = self.time_embedding(t_emb.astype(self.dtype))
         if self.add_embedding is not None:
             emb = emb + self._text_time_embedding(added_cond)
@@ -297,9 +304,11 @@ class UNet2DConditionModel(nnx.Module):
         c = self.config
         text_embeds, time_ids = added_cond
         ids = timestep_embedding(
-            jnp.reshape(time_ids, (-1,)), c.addition_time_embed_dim,
-            flip_sin_to_cos=c.flip_sin_to_cos, downscale_freq_shift=c.freq_shift,
-        )  # fmt: skip
+            jnp.reshape(time_ids, (-1,)),
+            c.addition_time_embed_dim,
+            flip_sin_to_cos=c.flip_sin_to_cos,
+            downscale_freq_shift=c.freq_shift,
+        )
         ids = ids.reshape(text_embeds.shape[0], -1)
         add = jnp.concatenate([text_embeds.astype(jnp.float32), ids], axis=-1)
         return self.add_embedding(add.astype(self.dtype))

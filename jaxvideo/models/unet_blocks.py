@@ -13,7 +13,7 @@ from jaxvideo.models.layers import Dtype, conv2d, group_norm, layer_norm, upsamp
 
 
 class ResnetBlock2D(nnx.Module):
-    """diffusers `ResnetBlock2D` ("default" time norm); `temb_channels=None` drops the time input."""
+    """diffusers `ResnetBlock2D` ("default" time norm); `temb_channels=None`: no time input."""
 
     def __init__(
         self,

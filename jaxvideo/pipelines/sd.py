@@ -21,8 +21,13 @@ from flax import nnx
 from jaxvideo.errors import Cancelled, InvalidRequest
 from jaxvideo.request import GenerationRequest
 from jaxvideo.results import GenerationResult
-from jaxvideo.sampling import SAMPLER_FNS, SCHEDULE_FNS, SCHEDULER_ALIASES, TrainingSchedule
-from jaxvideo.sampling import make_sigmas
+from jaxvideo.sampling import (
+    SAMPLER_FNS,
+    SCHEDULE_FNS,
+    SCHEDULER_ALIASES,
+    TrainingSchedule,
+    make_sigmas,
+)
 from jaxvideo.tokenizers import load_tokenizer
 from jaxvideo.weights import load_component, read_config
 
@@ -142,31 +147,34 @@ class StableDiffusionPipeline:
         ids = jnp.asarray(self.tokenizer([negative_prompt, prompt]))
         return self._encode_text(self._text_state, ids, skip_layers)
 
-    def generate(
+    def initial_noise(self, req: GenerationRequest) -> tuple[jax.Array, jax.Array]:
+        """Unit-variance latent noise and per-image sampler keys, one stream per image seed."""
+        keys = jax.vmap(jax.random.key)(jnp.asarray(req.seeds(), dtype=jnp.uint32))
+        noise_keys, sampler_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
+        shape = (req.height // LATENT_SCALE, req.width // LATENT_SCALE, self.latent_channels)
+        noise = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(noise_keys)
+        return noise, sampler_keys
+
+    def sample(
         self,
+        noise: jax.Array,
+        sampler_keys: jax.Array,
         req: GenerationRequest,
         progress: ProgressFn | None = None,
         cancelled: CancelledFn | None = None,
-    ) -> GenerationResult:
+    ) -> np.ndarray:
+        """Runs the sampler from unit `noise` (B, h, w, c) and decodes: (B, H, W, 3) uint8."""
         sampler, scheduler = self.validate(req)
         if cancelled is not None and cancelled():
             raise Cancelled()
-        batch = req.batch_count
+        batch = noise.shape[0]
         use_cfg = req.guidance_scale != 1.0
         embeds = self.encode_prompts(req.prompt, req.negative_prompt, req.clip_skip)
         uncond = jnp.repeat(embeds[:1], batch, axis=0)
         cond = jnp.repeat(embeds[1:], batch, axis=0)
         context = jnp.concatenate([uncond, cond]) if use_cfg else cond
-
-        sigmas = make_sigmas(self.schedule, scheduler, req.steps)
-        seeds = req.seeds()
-        keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, dtype=jnp.uint32))
-        noise_keys, sampler_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
-        shape = (req.height // LATENT_SCALE, req.width // LATENT_SCALE, self.latent_channels)
-        latents = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(noise_keys)
-        latents = latents * sigmas[0]
-
         guidance = jnp.float32(req.guidance_scale)
+        sigmas = make_sigmas(self.schedule, scheduler, req.steps)
 
         def model(x: jax.Array, sigma: float) -> jax.Array:
             t = float(self.schedule.sigma_to_t(np.float64(sigma)))
@@ -182,10 +190,21 @@ class StableDiffusionPipeline:
             if cancelled is not None and cancelled() and step < total:
                 raise Cancelled()
 
+        latents = noise * sigmas[0]
         latents = SAMPLER_FNS[sampler](model, latents, sigmas, sampler_keys, on_step, req.eta)
-        pixels = np.asarray(self._decode(self._vae_state, latents))
+        return np.asarray(self._decode(self._vae_state, latents))
+
+    def generate(
+        self,
+        req: GenerationRequest,
+        progress: ProgressFn | None = None,
+        cancelled: CancelledFn | None = None,
+    ) -> GenerationResult:
+        sampler, scheduler = self.validate(req)
+        noise, sampler_keys = self.initial_noise(req)
+        pixels = self.sample(noise, sampler_keys, req, progress, cancelled)
         return GenerationResult(
-            images=[pixels[i] for i in range(batch)],
-            seeds=seeds,
+            images=[pixels[i] for i in range(pixels.shape[0])],
+            seeds=req.seeds(),
             info={"sampler": sampler, "scheduler": scheduler, "steps": req.steps},
         )

@@ -55,8 +55,9 @@ def capabilities() -> Response:
     return jsonify(
         {
             "model": {"name": info.name, "stem": info.name, "path": info.path},
-            "models": [{"name": m.name, "family": m.family, "modes": list(m.modes)}
-                       for m in svc.models],
+            "models": [
+                {"name": m.name, "family": m.family, "modes": list(m.modes)} for m in svc.models
+            ],
             "current_mode": "img_gen",
             "supported_modes": ["img_gen"],
             "defaults": img_defaults,

@@ -1,0 +1,61 @@
+"""The app factory in-process: lazy `webapp:app`, and Bearer auth (with the real demo engine)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxvideo.config import parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_importing_webapp_builds_no_app_and_loads_no_engine():
+    code = (
+        "import sys, webapp\n"
+        "assert webapp._app is None\n"
+        "assert 'jaxvideo.engine' not in sys.modules\n"
+        "assert callable(webapp.create_app)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def auth_client(server, e2e_cache_dir):
+    """An app with `api_key` set, on the real engine; `server` built the demo model already."""
+    previous = os.environ.get("JAXVIDEO_CACHE_DIR")
+    os.environ["JAXVIDEO_CACHE_DIR"] = str(e2e_cache_dir)
+    try:
+        from webapp import create_app
+
+        config = parse_config(
+            "models: [{name: demo, family: sd1, path: 'demo:sd1-tiny'}]\n"
+            "server: {api_key: s3cret, output_dir: /tmp}\n"
+        )
+        app = create_app(config)
+        yield app.test_client()
+        app.extensions["jaxvideo"].jobs.shutdown()
+    finally:
+        if previous is None:
+            os.environ.pop("JAXVIDEO_CACHE_DIR", None)
+        else:
+            os.environ["JAXVIDEO_CACHE_DIR"] = previous
+
+
+def test_api_key_is_required_everywhere_but_health(auth_client):
+    assert auth_client.get("/health").status_code == 200
+    missing = auth_client.get("/v1/models")
+    assert missing.status_code == 401
+    assert missing.json["error"]["code"] == "invalid_api_key"
+    wrong = auth_client.get("/sdapi/v1/options", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json == {"error": "invalid or missing API key"}
+    ok = auth_client.get("/v1/models", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200 and ok.json["data"][0]["id"] == "demo"
+    # Browsers send preflights without credentials.
+    assert auth_client.options("/sdcpp/v1/img_gen").status_code == 204
+    spec = auth_client.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"

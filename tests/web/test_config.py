@@ -1,0 +1,130 @@
+"""Serve config loading and validation: every error names the offending path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jaxvideo.config import ConfigError, ModelSpec, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+MODEL = "models: [{name: m, family: sd1, path: 'demo:sd1-tiny'}]\n"
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    return str(info.value)
+
+
+def test_default_config_serves_the_tiny_demo_model(monkeypatch):
+    monkeypatch.delenv("JAXVIDEO_CONFIG", raising=False)
+    config = load_config()
+    assert config.models == (ModelSpec("sd1-tiny-demo", "sd1", "demo:sd1-tiny", "fp32"),)
+    assert dict(config.default_request) == {"steps": 8}
+    assert config.server.max_queue_size == 64
+    assert dict(config.mesh) == {}
+
+
+def test_top_level_default_yaml_is_the_packaged_one():
+    packaged = REPO / "jaxvideo" / "configs" / "default.yaml"
+    assert (REPO / "configs" / "default.yaml").read_text() == packaged.read_text()
+
+
+def test_jaxvideo_config_env_is_honoured_and_an_explicit_path_wins(tmp_path, monkeypatch):
+    env_file = tmp_path / "env.yaml"
+    env_file.write_text("models: [{name: from-env, family: sd1, path: 'demo:sd1-tiny'}]\n")
+    arg_file = tmp_path / "arg.yaml"
+    arg_file.write_text("models: [{name: from-arg, family: sd1, path: 'demo:sd1-tiny'}]\n")
+    monkeypatch.setenv("JAXVIDEO_CONFIG", str(env_file))
+    assert load_config().models[0].name == "from-env"
+    assert load_config(arg_file).models[0].name == "from-arg"
+
+
+def test_unknown_keys_are_named_with_their_path():
+    assert error_of(MODEL + "server: {max_queue_sizee: 3}").startswith(
+        "server.max_queue_sizee: unknown key"
+    )
+    assert error_of("models: [{name: m, family: sd1, path: x, dtpye: fp32}]").startswith(
+        "models[0].dtpye: unknown key"
+    )
+    assert error_of(MODEL + "default_request: {stepz: 3}").startswith(
+        "default_request.stepz: unknown key"
+    )
+    assert error_of(MODEL + "extra: 1").startswith("extra: unknown key")
+
+
+def test_wrong_types_and_values_are_named_with_their_path():
+    assert (
+        error_of("models: [{name: m, family: sd1, path: x, dtype: x}]")
+        == "models[0].dtype: expected one of fp32|fp16|bf16, got 'x'"
+    )
+    assert error_of("models: [{name: m, family: sd9, path: x}]").startswith(
+        "models[0].family: expected one of sd1|"
+    )
+    assert error_of(MODEL + "server: {max_queue_size: ten}") == (
+        "server.max_queue_size: expected int, got 'ten'"
+    )
+    assert error_of(MODEL + "server: {max_steps: true}").startswith(
+        "server.max_steps: expected int"
+    )
+    assert error_of(MODEL + "server: {max_width: 0}").startswith("server.max_width: must be >= 1")
+    assert error_of(MODEL + "default_request: {steps: '8'}") == (
+        "default_request.steps: expected int, got '8'"
+    )
+    assert error_of(MODEL + "default_request: {guidance_scale: high}").startswith(
+        "default_request.guidance_scale: expected float"
+    )
+    assert error_of(MODEL + "mesh: {tensor: 0}").startswith("mesh.tensor: must be >= 1")
+    assert error_of(MODEL + "mesh: {model: 2}").startswith("mesh.model: unknown key")
+
+
+def test_models_must_be_a_non_empty_list_with_unique_names():
+    assert error_of("server: {}").startswith("models: required")
+    assert error_of("models: []").startswith("models: expected a non-empty list")
+    assert error_of(
+        "models: [{name: a, family: sd1, path: x}, {name: a, family: sd1, path: y}]"
+    ).startswith("models[1].name: duplicate model name 'a'")
+    assert error_of("models: [{name: a, family: sd1}]") == "models[0].path: required"
+
+
+def test_default_request_keeps_only_the_keys_the_operator_wrote():
+    config = parse_config(MODEL + "default_request: {guidance_scale: 5, sampler: euler}")
+    assert dict(config.default_request) == {"guidance_scale": 5.0, "sampler": "euler"}
+    assert isinstance(config.default_request["guidance_scale"], float)
+    assert dict(parse_config(MODEL).default_request) == {}
+
+
+def test_relative_paths_resolve_against_the_yaml_folder(tmp_path):
+    file = tmp_path / "serve.yaml"
+    file.write_text(
+        "models:\n"
+        "  - {name: real, family: sd1, path: weights/sd15}\n"
+        "  - {name: demo, family: sd1, path: 'demo:sd1-tiny'}\n"
+        "server: {output_dir: out, lora_dir: /abs/loras}\n"
+    )
+    config = load_config(file)
+    assert config.models[0].path == str(tmp_path / "weights" / "sd15")
+    assert config.models[1].path == "demo:sd1-tiny" and config.models[1].is_demo
+    assert config.server.output_dir == str(tmp_path / "out")
+    assert config.server.lora_dir == "/abs/loras"
+
+
+def test_output_dir_defaults_to_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXVIDEO_OUTPUT_DIR", str(tmp_path))
+    assert parse_config(MODEL).server.output_dir == str(tmp_path)
+
+
+def test_api_key_is_kept_out_of_the_repr():
+    config = parse_config(MODEL + "server: {api_key: s3cret}")
+    assert config.server.api_key == "s3cret"
+    assert "s3cret" not in repr(config)
+
+
+def test_unreadable_or_invalid_files_raise_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        parse_config("models: [")

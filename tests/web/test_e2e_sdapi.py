@@ -1,0 +1,79 @@
+"""The AUTOMATIC1111-compatible surface over plain HTTP against the real server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+from PIL import Image
+
+
+def txt2img(server, **body):
+    response = server.post("/sdapi/v1/txt2img", json={"prompt": "a small boat", **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def pixels(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
+
+
+def test_fixed_seed_repeats_and_another_seed_differs(server):
+    first = txt2img(server, seed=1234)
+    again = txt2img(server, seed=1234)
+    other = txt2img(server, seed=4321)
+    assert np.array_equal(pixels(first["images"][0]), pixels(again["images"][0]))
+    assert not np.array_equal(pixels(first["images"][0]), pixels(other["images"][0]))
+
+
+def test_info_reports_the_resolved_seed_and_the_png_carries_parameters(server):
+    body = txt2img(server, seed=-1, sampler_name="Euler a", cfg_scale=6.5, restore_faces=False)
+    info = json.loads(body["info"])
+    assert isinstance(info["seed"], int) and info["seed"] >= 0
+    assert info["all_seeds"] == [info["seed"]]
+    assert (info["width"], info["height"], info["steps"]) == (64, 64, 2)  # operator defaults
+    assert (info["sampler_name"], info["cfg_scale"]) == ("Euler a", 6.5)
+    assert info["sd_model_name"] == "sd1-tiny-demo"
+    image = Image.open(io.BytesIO(base64.b64decode(body["images"][0])))
+    assert image.format == "PNG"
+    assert image.text["parameters"] == info["infotexts"][0]
+    assert f"Seed: {info['seed']}" in image.text["parameters"]
+    assert "Sampler: Euler a" in image.text["parameters"]
+    assert body["parameters"]["cfg_scale"] == 6.5
+    assert "restore_faces" not in body["parameters"]
+
+
+def test_metadata_can_be_left_out_and_images_withheld(server):
+    body = txt2img(server, seed=3, embed_image_metadata=False)
+    assert "parameters" not in Image.open(io.BytesIO(base64.b64decode(body["images"][0]))).info
+    assert txt2img(server, seed=3, send_images=False)["images"] == []
+
+
+def test_discovery_endpoints(server):
+    samplers = server.get("/sdapi/v1/samplers").json()
+    assert {
+        "name": "Euler a",
+        "aliases": ["euler_a", "euler_ancestral", "k_euler_a", "k_euler_ancestral"],
+        "options": {},
+    } in samplers
+    assert {s["name"] for s in samplers} == {"Euler", "Euler a"}
+    schedulers = server.get("/sdapi/v1/schedulers").json()
+    assert {"name": "karras", "label": "Karras"} in schedulers
+    models = server.get("/sdapi/v1/sd-models").json()
+    assert [m["model_name"] for m in models] == ["sd1-tiny-demo"]
+    assert len(models[0]["sha256"]) == 64 and models[0]["config"] is None
+    assert server.get("/sdapi/v1/options").json() == {
+        "samples_format": "png",
+        "sd_model_checkpoint": "sd1-tiny-demo",
+    }
+    assert server.get("/sdapi/v1/loras").json() == []
+
+
+def test_batches_use_consecutive_seeds(server):
+    body = txt2img(server, seed=40, batch_size=2)
+    info = json.loads(body["info"])
+    assert info["all_seeds"] == [40, 41] and len(body["images"]) == 2
+    assert not np.array_equal(pixels(body["images"][0]), pixels(body["images"][1]))
+    assert [t.split("Seed: ")[1].split(",")[0] for t in info["infotexts"]] == ["40", "41"]
