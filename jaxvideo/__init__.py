@@ -4,8 +4,19 @@
 from a jaxvideo model folder; see the README for the call conventions.
 """
 
-from jaxvideo.weights import load_component
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load_component"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so `import jaxvideo.config` (the web layer) does not pull in JAX.
+    if name == "load_component":
+        from jaxvideo.weights import load_component
+
+        return load_component
+    raise AttributeError(f"module 'jaxvideo' has no attribute {name!r}")

@@ -59,11 +59,8 @@ class Service:
     def model_info(self, name: str | None) -> ModelInfo:
         try:
             return self.engine.model_info(name)
-        except InvalidRequest as exc:
-            served = ", ".join(m.name for m in self.models)
-            raise invalid(
-                "model", f"{exc}; served models: [{served}]", code="model_not_found"
-            ) from exc
+        except InvalidRequest as exc:  # the engine's message names the served models
+            raise invalid("model", str(exc), code="model_not_found") from exc
 
     def family_defaults(self, model: str) -> dict[str, Any]:
         return dict(self.engine.family_defaults(model))
