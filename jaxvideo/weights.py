@@ -51,8 +51,9 @@ def flat_path(path: tuple[Any, ...]) -> str:
 
 def abstract_model(spec: ComponentSpec, config: Any, dtype: Any = jnp.float32) -> nnx.Module:
     """The network with ShapeDtypeStructs in place of arrays (nothing allocated)."""
+    # Rngs passed in rather than created inside: markedly faster tracing with flax 0.12.
     return nnx.eval_shape(
-        lambda: spec.build(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=dtype)
+        lambda rngs: spec.build(config, rngs=rngs, dtype=dtype, param_dtype=dtype), nnx.Rngs(0)
     )
 
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from jaxvideo.convert.core import ConversionError  # noqa: E402
 from jaxvideo.convert.diffusers_folder import convert_component  # noqa: E402
+from jaxvideo.models.layers import conv2d  # noqa: E402
 from jaxvideo.models.unet import UNetConfig  # noqa: E402
 from jaxvideo.weights import load_component  # noqa: E402
 
@@ -76,7 +77,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     ),
 }
 
-SPATIAL = {"odd": (9, 10)}
+# 8x8 puts sd2's lower level at 4x4, below IM2COL_MAX_PIXELS: the im2col conv path is covered.
+SPATIAL = {"odd": (9, 10), "sd2": (8, 8)}
 
 
 def _torch_unet(config: dict[str, Any]) -> Any:
@@ -217,3 +219,11 @@ def test_unsupported_options_raise(saved_sd1: Path, override: dict[str, Any], ma
     config.update(override)
     with pytest.raises(ValueError, match=match):
         UNetConfig.from_hf(config)
+
+
+@pytest.mark.parametrize(("kernel", "size"), [(3, 2), (3, 4), (1, 2), (1, 8)])
+def test_matmul_conv_paths_match_xla_conv(kernel: int, size: int) -> None:
+    """1x1 and tiny-spatial 3x3 convs run as matmuls; they must equal lax's conv."""
+    conv = conv2d(6, 5, kernel, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, size, size, 6), np.float32))
+    np.testing.assert_allclose(conv(x), nnx.Conv.__call__(conv, x), atol=1e-5)
