@@ -96,8 +96,9 @@ def converted(tmp_path_factory):
     write_tiny_clip_tokenizer(root / "tok")
     pipe = tiny_torch_pipeline(root / "tok", karras=False)
     pipe.save_pretrained(root / "src", safe_serialization=True)
-    out = subprocess.run(CONVERT + [str(root / "src"), str(root / "dst")], capture_output=True,
-                         text=True, cwd=REPO)
+    out = subprocess.run(
+        CONVERT + [str(root / "src"), str(root / "dst")], capture_output=True, text=True, cwd=REPO
+    )
     assert out.returncode == 0, out.stderr
     return pipe, root
 
@@ -119,17 +120,19 @@ def test_pipeline_matches_diffusers_from_the_same_latents(converted, scheduler):
         pipe.scheduler.config, use_karras_sigmas=scheduler == "karras"
     )
     ours = StableDiffusionPipeline(root / "dst")
-    req = build_request({
-        "prompt": "a red fox in the snow",
-        "negative_prompt": "blurry",
-        "width": 64,
-        "height": 64,
-        "steps": 5,
-        "guidance_scale": 5.0,
-        "sampler": "euler",
-        "scheduler": scheduler,
-        "seed": 3,
-    })
+    req = build_request(
+        {
+            "prompt": "a red fox in the snow",
+            "negative_prompt": "blurry",
+            "width": 64,
+            "height": 64,
+            "steps": 5,
+            "guidance_scale": 5.0,
+            "sampler": "euler",
+            "scheduler": scheduler,
+            "seed": 3,
+        }
+    )
     noise, keys = ours.initial_noise(req)
     pixels = ours.sample(noise, keys, req)
     latents = torch.from_numpy(np.asarray(noise)).permute(0, 3, 1, 2).contiguous()
@@ -158,14 +161,16 @@ def test_cli_names_a_mis_shaped_tensor(converted, tmp_path):
     key = "down_blocks.0.resnets.0.conv1.weight"
     tensors[key] = tensors[key][:, :-1].contiguous()
     save_file(tensors, weights)
-    out = subprocess.run(CONVERT + [str(bad), str(tmp_path / "out")], capture_output=True,
-                         text=True, cwd=REPO)
+    out = subprocess.run(
+        CONVERT + [str(bad), str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO
+    )
     assert out.returncode == 1
     assert key in out.stderr and "shape" in out.stderr
     assert "Traceback" not in out.stderr
 
 
 def test_cli_rejects_a_folder_without_model_index(tmp_path):
-    out = subprocess.run(CONVERT + [str(tmp_path), str(tmp_path / "out")], capture_output=True,
-                         text=True, cwd=REPO)
+    out = subprocess.run(
+        CONVERT + [str(tmp_path), str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO
+    )
     assert out.returncode == 1 and "model_index.json" in out.stderr
