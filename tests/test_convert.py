@@ -1,0 +1,46 @@
+"""Checkpoint readers: pickled .bin weights (opened weights_only) convert like safetensors."""
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from safetensors.numpy import load_file
+
+from jaxvideo.convert.diffusers_folder import convert_component
+from jaxvideo.convert.readers import find_weight_files
+
+
+def test_bin_and_safetensors_checkpoints_convert_to_identical_weights(tmp_path):
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        layers_per_block=1,
+    )
+    vae.save_pretrained(tmp_path / "st" / "vae", safe_serialization=True)
+    vae.save_pretrained(tmp_path / "bin" / "vae", safe_serialization=False)
+    assert find_weight_files(tmp_path / "bin" / "vae")[0].suffix == ".bin"
+
+    for kind in ("st", "bin"):
+        convert_component(tmp_path / kind / "vae", tmp_path / f"{kind}-out" / "vae")
+    a = load_file(tmp_path / "st-out" / "vae" / "model.safetensors")
+    b = load_file(tmp_path / "bin-out" / "vae" / "model.safetensors")
+    assert a.keys() == b.keys() and len(a) > 20
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_conversion_to_bf16_halves_the_weights(tmp_path):
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        layers_per_block=1,
+    )
+    vae.save_pretrained(tmp_path / "src" / "vae")
+    convert_component(tmp_path / "src" / "vae", tmp_path / "out" / "vae", dtype="bf16")
+    weights = load_file(tmp_path / "out" / "vae" / "model.safetensors")
+    assert {str(w.dtype) for w in weights.values()} == {"bfloat16"}
