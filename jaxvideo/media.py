@@ -47,3 +47,10 @@ def encode_image(
         else:
             image.save(buf, format="WEBP", quality=quality)
     return buf.getvalue()
+
+
+def resize_image(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """HxWx3 or HxW uint8 resized to (height, width) with Lanczos; unchanged if it fits."""
+    if pixels.shape[:2] == (height, width):
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize((width, height), Image.Resampling.LANCZOS))

@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from jaxvideo.errors import InvalidRequest
 
@@ -37,6 +39,11 @@ class GenerationRequest:
     scheduler: str = "discrete"
     clip_skip: int = -1
     eta: float | None = None
+    # img2img / inpainting: HxWx3 uint8 init image, HxW uint8 mask (255 = repaint), and how
+    # much of the schedule to run from the noised init image (1.0 = all of it).
+    init_image: np.ndarray | None = field(default=None, compare=False, repr=False)
+    mask_image: np.ndarray | None = field(default=None, compare=False, repr=False)
+    strength: float = 0.75
 
     def seeds(self) -> list[int]:
         """One seed per image: seed, seed+1, ... (the A1111 `all_seeds` convention)."""

@@ -91,10 +91,13 @@ def convert_diffusers_folder(
 
 
 def detect_family(index: dict[str, Any], dst: Path) -> str:
-    """SD family from the pipeline class and UNet config (cross-attention width)."""
+    """SD family: SDXL by its text_time conditioning, SD 2.x by its OpenCLIP text encoder
+    (plain GELU, where SD 1.x's CLIP ViT-L uses quick GELU) or 1024-wide cross-attention."""
     unet = json.loads((dst / "unet" / CONFIG_FILE).read_text())
     if "XL" in str(index.get("_class_name", "")) or unet.get("addition_embed_type") == "text_time":
         return "sdxl"
-    if unet.get("cross_attention_dim") == 1024:
+    text_config_path = dst / "text_encoder" / CONFIG_FILE
+    text = json.loads(text_config_path.read_text()) if text_config_path.is_file() else {}
+    if text.get("hidden_act") == "gelu" or unet.get("cross_attention_dim") == 1024:
         return "sd2"
     return "sd1"

@@ -1,8 +1,10 @@
-"""Stable Diffusion text-to-image: prompt -> CLIP -> sampler over the UNet -> VAE -> uint8.
+"""Stable Diffusion (1.x, 2.x, XL): prompt -> text conditioning -> sampler over the UNet -> VAE.
 
-Each network runs as a jit-compiled XLA function over its (graphdef, state) split, so weights
-are arguments rather than constants baked into the program, and one compiled function serves
-every request of the same shape.
+Covers text-to-image, img2img (`init_image` + `strength`) and inpainting (`mask_image`): with a
+9-channel inpainting UNet the mask and masked-image latents are extra UNet inputs; with an
+ordinary UNet the kept region is blended back at every step. Each network runs as a jit-compiled
+XLA function over its (graphdef, state) split, so weights are arguments rather than constants
+baked into the program, and one compiled function serves every request of the same shape.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import numpy as np
 from flax import nnx
 
 from jaxvideo.errors import Cancelled, InvalidRequest
+from jaxvideo.media import resize_image
+from jaxvideo.pipelines.conditioning import CONDITIONERS, Conditioning
 from jaxvideo.request import GenerationRequest
 from jaxvideo.results import GenerationResult
 from jaxvideo.sampling import (
@@ -28,7 +32,6 @@ from jaxvideo.sampling import (
     TrainingSchedule,
     make_sigmas,
 )
-from jaxvideo.tokenizers import load_tokenizer
 from jaxvideo.weights import load_component, read_config
 
 ProgressFn = Callable[[int, int], None]
@@ -36,17 +39,19 @@ CancelledFn = Callable[[], bool]
 
 LATENT_SCALE = 8  # VAE downsampling factor of every SD family
 
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sd1": {
-        "width": 512,
-        "height": 512,
-        "steps": 20,
-        "guidance_scale": 7.0,
-        "sampler": "euler_a",
-        "scheduler": "discrete",
-        "clip_skip": -1,
-    },
+_COMMON_DEFAULTS: dict[str, Any] = {
+    "steps": 20,
+    "guidance_scale": 7.0,
+    "sampler": "euler_a",
+    "scheduler": "discrete",
+    "clip_skip": -1,
 }
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sd1": {**_COMMON_DEFAULTS, "width": 512, "height": 512},
+    "sd2": {**_COMMON_DEFAULTS, "width": 768, "height": 768},
+    "sdxl": {**_COMMON_DEFAULTS, "width": 1024, "height": 1024, "guidance_scale": 5.0},
+}
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def _to_uint8(images: jax.Array) -> jax.Array:
@@ -55,29 +60,29 @@ def _to_uint8(images: jax.Array) -> jax.Array:
 
 
 class StableDiffusionPipeline:
-    """One loaded SD model: tokenizer, text encoder, UNet, VAE and its training schedule."""
+    """One loaded SD model: text conditioning, UNet, VAE and its training schedule."""
 
     def __init__(self, model_dir: str | Path, dtype: str = "fp32"):
         self.model_dir = Path(model_dir)
         index = json.loads((self.model_dir / "model_index.json").read_text())
         self.family = index.get("family", "sd1")
         if self.family not in FAMILY_DEFAULTS:
-            raise ValueError(f"{model_dir}: family {self.family!r} is not supported yet")
-        self.tokenizer = load_tokenizer(str(self.model_dir / "tokenizer"))
+            raise ValueError(f"{model_dir}: family {self.family!r} is not an SD family")
         vae_config = read_config(self.model_dir / "vae")
         self.vae_scaling = float(vae_config.get("scaling_factor") or 0.18215)
         self.vae_shift = float(vae_config.get("shift_factor") or 0.0)
+        self.latent_channels = int(vae_config.get("latent_channels", 4))
         scheduler_path = self.model_dir / "scheduler" / "scheduler_config.json"
         scheduler_cfg = json.loads(scheduler_path.read_text()) if scheduler_path.is_file() else {}
         self.schedule = TrainingSchedule.from_scheduler_config(scheduler_cfg)
-        if self.schedule.prediction_type != "epsilon":
+        if self.schedule.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"{model_dir}: prediction_type {self.schedule.prediction_type!r}")
 
-        text_encoder = load_component(self.model_dir, "text_encoder", dtype=dtype)
+        self.conditioner = CONDITIONERS[self.family](self.model_dir, dtype)
         unet = load_component(self.model_dir, "unet", dtype=dtype)
         vae = load_component(self.model_dir, "vae", dtype=dtype)
-        self.latent_channels = int(vae_config.get("latent_channels", 4))
-        self._text_def, self._text_state = nnx.split(text_encoder)
+        # Inpainting UNets take [latents, mask, masked-image latents] on the channel axis.
+        self.is_inpainting = unet.config.in_channels == 2 * self.latent_channels + 1
         self._unet_def, self._unet_state = nnx.split(unet)
         self._vae_def, self._vae_state = nnx.split(vae)
         self.dtype = jax.tree.leaves(self._unet_state)[0].dtype
@@ -86,28 +91,38 @@ class StableDiffusionPipeline:
     def defaults(self) -> dict[str, Any]:
         return dict(FAMILY_DEFAULTS[self.family])
 
+    # jax.jit on methods hashes `self`; pipelines are long-lived singletons, so identity hashing
+    # is exactly right.
+    def __hash__(self) -> int:
+        return id(self)
+
     # --- compiled pieces -------------------------------------------------------------------
 
-    @partial(jax.jit, static_argnums=(0, 3))
-    def _encode_text(self, state, ids: jax.Array, skip_layers: int) -> jax.Array:
-        model = nnx.merge(self._text_def, state)
-        hidden, _ = model(ids, skip_layers=skip_layers)
-        return hidden
+    @partial(jax.jit, static_argnums=(0, 9))
+    def _denoise(
+        self, state, x, sigma, t, context, added, extra, guidance, use_cfg: bool
+    ) -> jax.Array:
+        """k-diffusion denoiser around an epsilon- or v-prediction UNet, with CFG.
 
-    @partial(jax.jit, static_argnums=(0, 7))
-    def _denoise(self, state, x, sigma, t, context, guidance, use_cfg: bool) -> jax.Array:
-        """k-diffusion denoiser around an epsilon-prediction UNet, with classifier-free guidance."""
+        `extra` (B, h, w, 5) holds an inpainting UNet's mask + masked-image latents, else None.
+        """
         unet = nnx.merge(self._unet_def, state)
         c_in = 1.0 / jnp.sqrt(sigma**2 + 1.0)
-        x_in = (x * c_in).astype(self.dtype)
+        x_in = x * c_in
+        if extra is not None:
+            x_in = jnp.concatenate([x_in, extra], axis=-1)
+        x_in = x_in.astype(self.dtype)
         if use_cfg:
             x_in = jnp.concatenate([x_in, x_in])
         timesteps = jnp.full((x_in.shape[0],), t, dtype=jnp.float32)
-        eps = unet(x_in, timesteps, context).astype(jnp.float32)
+        out = unet(x_in, timesteps, context, added_cond=added).astype(jnp.float32)
         if use_cfg:
-            eps_uncond, eps_cond = jnp.split(eps, 2)
-            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
-        return x - sigma * eps
+            out_uncond, out_cond = jnp.split(out, 2)
+            out = out_uncond + guidance * (out_cond - out_uncond)
+        if self.schedule.prediction_type == "v_prediction":
+            # x0 = c_skip * x + c_out * v with sigma_data = 1 (k-diffusion's VDenoiser).
+            return x / (sigma**2 + 1.0) - out * sigma / jnp.sqrt(sigma**2 + 1.0)
+        return x - sigma * out
 
     @partial(jax.jit, static_argnums=(0,))
     def _decode(self, state, latents: jax.Array) -> jax.Array:
@@ -115,12 +130,17 @@ class StableDiffusionPipeline:
         z = latents / self.vae_scaling + self.vae_shift
         return _to_uint8(vae.decode(z.astype(self.dtype)).astype(jnp.float32))
 
-    # jax.jit on methods hashes `self`; pipelines are long-lived singletons, so identity hashing
-    # is exactly right.
-    def __hash__(self) -> int:
-        return id(self)
+    @partial(jax.jit, static_argnums=(0,))
+    def _encode(self, state, pixels: jax.Array, keys: jax.Array) -> jax.Array:
+        """uint8 (1, H, W, 3) -> one posterior sample per key, scaled latents (B, h, w, c)."""
+        vae = nnx.merge(self._vae_def, state)
+        images = pixels.astype(jnp.float32) / 127.5 - 1.0
+        mean, logvar = vae.encode(images.astype(self.dtype))
+        mean, std = mean[0].astype(jnp.float32), jnp.exp(0.5 * logvar[0].astype(jnp.float32))
+        draw = jax.vmap(lambda k: mean + std * jax.random.normal(k, mean.shape, jnp.float32))
+        return (draw(keys) - self.vae_shift) * self.vae_scaling
 
-    # --- generation ------------------------------------------------------------------------
+    # --- request handling --------------------------------------------------------------------
 
     def validate(self, req: GenerationRequest) -> tuple[str, str]:
         """Checks what only the model knows; returns the resolved (sampler, scheduler)."""
@@ -139,48 +159,110 @@ class StableDiffusionPipeline:
             )
         if req.steps < 1:
             raise InvalidRequest("steps must be at least 1")
+        if not 0.0 <= req.strength <= 1.0:
+            raise InvalidRequest("strength must be within [0, 1]")
+        if req.mask_image is not None and req.init_image is None:
+            raise InvalidRequest("mask_image needs an init_image")
+        if self.is_inpainting and req.init_image is None:
+            raise InvalidRequest("this inpainting model needs an init_image and a mask_image")
         return sampler, scheduler
 
-    def encode_prompts(self, prompt: str, negative_prompt: str, clip_skip: int) -> jax.Array:
-        """(2, 77, D) [negative; positive] text embeddings; clip_skip in the A1111 sense."""
-        skip_layers = max(clip_skip, 1) - 1  # clip_skip <= 1 (or -1: default) uses the last layer
-        ids = jnp.asarray(self.tokenizer([negative_prompt, prompt]))
-        return self._encode_text(self._text_state, ids, skip_layers)
-
     def initial_noise(self, req: GenerationRequest) -> tuple[jax.Array, jax.Array]:
-        """Unit-variance latent noise and per-image sampler keys, one stream per image seed."""
+        """Unit-variance latent noise and per-image keys, one random stream per image seed."""
         keys = jax.vmap(jax.random.key)(jnp.asarray(req.seeds(), dtype=jnp.uint32))
-        noise_keys, sampler_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
+        noise_keys, other_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
         shape = (req.height // LATENT_SCALE, req.width // LATENT_SCALE, self.latent_channels)
         noise = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(noise_keys)
-        return noise, sampler_keys
+        return noise, other_keys
+
+    def _image_inputs(self, req: GenerationRequest, keys: jax.Array):
+        """Init latents, latent-size mask (1 = repaint) and the inpainting UNet's extra input."""
+        if req.init_image is None:
+            return None, None, None
+        pixels = resize_image(req.init_image, req.width, req.height)
+        encode_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+        init_latents = self._encode(self._vae_state, jnp.asarray(pixels)[None], encode_keys)
+        if req.mask_image is None:
+            if self.is_inpainting:  # repaint everything: an all-white mask
+                mask_pixels = np.full((req.height, req.width), 255, np.uint8)
+            else:
+                return init_latents, None, None
+        else:
+            mask_pixels = resize_image(req.mask_image, req.width, req.height)
+        h, w = req.height // LATENT_SCALE, req.width // LATENT_SCALE
+        mask = (resize_image(mask_pixels, w, h) >= 128).astype(np.float32)[None, :, :, None]
+        if not self.is_inpainting:
+            return init_latents, jnp.asarray(mask), None
+        # The inpainting UNet sees the image with the repaint region blanked out.
+        keep = (mask_pixels < 128)[:, :, None]
+        masked = np.where(keep, pixels, np.uint8(128)).astype(np.uint8)
+        masked_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
+        masked_latents = self._encode(self._vae_state, jnp.asarray(masked)[None], masked_keys)
+        batch = masked_latents.shape[0]
+        extra = jnp.concatenate([jnp.repeat(jnp.asarray(mask), batch, 0), masked_latents], -1)
+        return init_latents, None, extra
 
     def sample(
         self,
         noise: jax.Array,
-        sampler_keys: jax.Array,
+        keys: jax.Array,
         req: GenerationRequest,
         progress: ProgressFn | None = None,
         cancelled: CancelledFn | None = None,
     ) -> np.ndarray:
         """Runs the sampler from unit `noise` (B, h, w, c) and decodes: (B, H, W, 3) uint8."""
+        latents = self.sample_latents(noise, keys, req, progress, cancelled)
+        return np.asarray(self._decode(self._vae_state, latents))
+
+    def sample_latents(
+        self,
+        noise: jax.Array,
+        keys: jax.Array,
+        req: GenerationRequest,
+        progress: ProgressFn | None = None,
+        cancelled: CancelledFn | None = None,
+    ) -> jax.Array:
+        """The sampler alone: unit `noise` (B, h, w, c) -> final scaled latents."""
         sampler, scheduler = self.validate(req)
         if cancelled is not None and cancelled():
             raise Cancelled()
         batch = noise.shape[0]
+        cond: Conditioning = self.conditioner(
+            req.prompt, req.negative_prompt, req.clip_skip, req.width, req.height
+        )
         use_cfg = req.guidance_scale != 1.0
-        embeds = self.encode_prompts(req.prompt, req.negative_prompt, req.clip_skip)
-        uncond = jnp.repeat(embeds[:1], batch, axis=0)
-        cond = jnp.repeat(embeds[1:], batch, axis=0)
-        context = jnp.concatenate([uncond, cond]) if use_cfg else cond
+        context, added = _batch_conditioning(cond, batch, use_cfg)
         guidance = jnp.float32(req.guidance_scale)
+
         sigmas = make_sigmas(self.schedule, scheduler, req.steps)
+        init_latents, blend_mask, extra = self._image_inputs(req, keys)
+        if init_latents is not None and not (self.is_inpainting and req.strength >= 1.0):
+            # img2img runs the last `strength` of the schedule from the noised init image.
+            start = req.steps - min(int(req.steps * req.strength), req.steps)
+            sigmas = sigmas[start:]
+            latents = init_latents + noise * sigmas[0]
+        else:
+            latents = noise * sigmas[0]
+        if len(sigmas) < 2:  # strength 0: nothing to denoise
+            return init_latents
 
         def model(x: jax.Array, sigma: float) -> jax.Array:
+            if blend_mask is not None:  # keep the unmasked region on the init image's path
+                x = x * blend_mask + (init_latents + noise * sigma) * (1 - blend_mask)
             t = float(self.schedule.sigma_to_t(np.float64(sigma)))
             denoised = self._denoise(
-                self._unet_state, x, jnp.float32(sigma), jnp.float32(t), context, guidance, use_cfg
+                self._unet_state,
+                x,
+                jnp.float32(sigma),
+                jnp.float32(t),
+                context,
+                added,
+                extra,
+                guidance,
+                use_cfg,
             )
+            if blend_mask is not None:
+                denoised = denoised * blend_mask + init_latents * (1 - blend_mask)
             # Block so progress reports finished steps, not steps merely dispatched.
             return denoised.block_until_ready()
 
@@ -190,9 +272,10 @@ class StableDiffusionPipeline:
             if cancelled is not None and cancelled() and step < total:
                 raise Cancelled()
 
-        latents = noise * sigmas[0]
-        latents = SAMPLER_FNS[sampler](model, latents, sigmas, sampler_keys, on_step, req.eta)
-        return np.asarray(self._decode(self._vae_state, latents))
+        latents = SAMPLER_FNS[sampler](model, latents, sigmas, keys, on_step, req.eta)
+        if blend_mask is not None:
+            latents = latents * blend_mask + init_latents * (1 - blend_mask)
+        return latents
 
     def generate(
         self,
@@ -201,10 +284,21 @@ class StableDiffusionPipeline:
         cancelled: CancelledFn | None = None,
     ) -> GenerationResult:
         sampler, scheduler = self.validate(req)
-        noise, sampler_keys = self.initial_noise(req)
-        pixels = self.sample(noise, sampler_keys, req, progress, cancelled)
+        noise, keys = self.initial_noise(req)
+        pixels = self.sample(noise, keys, req, progress, cancelled)
         return GenerationResult(
             images=[pixels[i] for i in range(pixels.shape[0])],
             seeds=req.seeds(),
             info={"sampler": sampler, "scheduler": scheduler, "steps": req.steps},
         )
+
+
+def _batch_conditioning(cond: Conditioning, batch: int, use_cfg: bool):
+    """Repeats [negative, positive] per image: (2B, ...) with CFG, else the positive half (B)."""
+
+    def expand(x: jax.Array) -> jax.Array:
+        halves = [jnp.repeat(x[i : i + 1], batch, axis=0) for i in (0, 1)]
+        return jnp.concatenate(halves) if use_cfg else halves[1]
+
+    added = None if cond.added is None else tuple(expand(a) for a in cond.added)
+    return expand(cond.context), added

@@ -1,0 +1,89 @@
+"""Text conditioning of the SD families: prompts -> cross-attention context (+ SDXL extras).
+
+SD 1.x/2.x use one CLIP text encoder; SDXL concatenates the penultimate layers of two encoders
+and adds the second encoder's projected pooled output and the size/crop `time_ids` to the UNet's
+time embedding. Each conditioner returns [negative, positive] stacked on the batch axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxvideo.tokenizers import load_tokenizer
+from jaxvideo.weights import load_component
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """`context` (2, L, D); `added` = (text_embeds (2, P), time_ids (2, 6)) for SDXL, else None."""
+
+    context: jax.Array
+    added: tuple[jax.Array, jax.Array] | None = None
+
+
+class _Encoder:
+    """One tokenizer + text encoder pair with a jit-compiled forward."""
+
+    def __init__(self, model_dir: Path, tokenizer: str, encoder: str, dtype: str):
+        self.tokenizer = load_tokenizer(str(model_dir / tokenizer))
+        self._def, self._state = nnx.split(load_component(model_dir, encoder, dtype=dtype))
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    @partial(jax.jit, static_argnums=(0, 3, 4))
+    def _forward(self, state, ids, skip_layers: int, final_norm: bool):
+        return nnx.merge(self._def, state)(ids, skip_layers=skip_layers, final_norm=final_norm)
+
+    def __call__(self, prompts: list[str], skip_layers: int, final_norm: bool):
+        ids = jnp.asarray(self.tokenizer(prompts))
+        return self._forward(self._state, ids, skip_layers, final_norm)
+
+
+class ClipConditioner:
+    """SD 1.x / 2.x: the final-norm hidden states of one CLIP encoder (A1111 clip skip)."""
+
+    def __init__(self, model_dir: Path, dtype: str):
+        self.encoder = _Encoder(model_dir, "tokenizer", "text_encoder", dtype)
+
+    def __call__(
+        self, prompt: str, negative_prompt: str, clip_skip: int, width: int, height: int
+    ) -> Conditioning:
+        # A1111 clip skip: 1 (or <= 0: default) is the last layer, 2 the penultimate, ...
+        skip_layers = max(clip_skip, 1) - 1
+        hidden, _ = self.encoder([negative_prompt, prompt], skip_layers, True)
+        return Conditioning(hidden)
+
+
+class SDXLConditioner:
+    """SDXL: both encoders' penultimate layers (no final norm), pooled text_embeds, time_ids."""
+
+    def __init__(self, model_dir: Path, dtype: str):
+        self.encoder_1 = _Encoder(model_dir, "tokenizer", "text_encoder", dtype)
+        self.encoder_2 = _Encoder(model_dir, "tokenizer_2", "text_encoder_2", dtype)
+
+    def __call__(
+        self, prompt: str, negative_prompt: str, clip_skip: int, width: int, height: int
+    ) -> Conditioning:
+        # SDXL always reads the penultimate layer; A1111 clip skip N > 2 goes further back.
+        skip_layers = max(clip_skip, 2) - 1
+        prompts = [negative_prompt, prompt]
+        hidden_1, _ = self.encoder_1(prompts, skip_layers, False)
+        hidden_2, pooled = self.encoder_2(prompts, skip_layers, False)
+        context = jnp.concatenate([hidden_1, hidden_2], axis=-1)
+        if not negative_prompt:
+            # diffusers' force_zeros_for_empty_prompt: no negative prompt means zero conditioning.
+            context = context.at[0].set(0.0)
+            pooled = pooled.at[0].set(0.0)
+        # (original size, crop top-left, target size), the same for both halves.
+        time_ids = jnp.asarray([[height, width, 0, 0, height, width]] * 2, jnp.float32)
+        return Conditioning(context, (pooled, time_ids))
+
+
+CONDITIONERS = {"sd1": ClipConditioner, "sd2": ClipConditioner, "sdxl": SDXLConditioner}
