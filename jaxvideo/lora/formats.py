@@ -1,0 +1,231 @@
+"""Reading LoRA files: kohya/A1111 and diffusers/PEFT key layouts -> a list of `LoraPair`s.
+
+Nothing here knows the model: kohya module names stay in their underscore form and are split
+back into dots later against the model's own module list (`targets.py`), because guessing
+where the dots go (`proj_in` vs `proj.in`) is what goes wrong with hand-written replace chains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+
+from jaxvideo.lora.spec import LoraError, LoraPair
+
+SAFETENSORS_EXTS = (".safetensors",)
+PICKLE_EXTS = (".pt", ".pth", ".ckpt")
+LORA_EXTS = SAFETENSORS_EXTS + PICKLE_EXTS
+
+# kohya-ss / A1111: lora_unet_<module_with_underscores>.lora_down.weight etc. SDXL files use
+# te1/te2 for its two text encoders, SD1/SD2 files plain te.
+_KOHYA = re.compile(r"lora_(unet|te|te1|te2)_(\w+)\.(lora_down\.weight|lora_up\.weight|alpha)")
+KOHYA_COMPONENTS = {
+    "unet": "unet",
+    "te": "text_encoder",
+    "te1": "text_encoder",
+    "te2": "text_encoder_2",
+}
+
+# diffusers / PEFT. `base_model.model.` is what `PeftModel.save_pretrained` writes; a segment
+# after lora_A/lora_B is an adapter name left in a raw `state_dict()`.
+_PEFT_PREFIX = "base_model.model."
+_COMPONENT = r"(?:(unet|text_encoder|text_encoder_2|transformer|transformer_2)\.)?"
+_DIFFUSERS = re.compile(
+    _COMPONENT
+    + r"(.+?)\.(?:lora_(A|B)(?:\.[^.]+)?\.weight|lora\.(down|up)\.weight"
+    + r"|lora_linear_layer\.(down|up)\.weight|(alpha))"
+)
+# diffusers' pre-PEFT attention-processor layout: attn1.processor.to_q_lora.down.weight, and
+# its text-encoder twin self_attn.to_q_lora.down.weight (meaning self_attn.q_proj).
+_PROCESSOR = re.compile(
+    _COMPONENT + r"(.+?)\.(?:processor\.)?(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight"
+)
+_CLIP_ATTN_NAMES = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
+
+# LyCORIS and friends store something other than a plain down/up pair; say so by name.
+_UNSUPPORTED = (
+    (re.compile(r".*\.hada_\w+"), "LoHa"),
+    (re.compile(r".*\.lokr_\w+"), "LoKr"),
+    (re.compile(r".*\.lora_mid\.weight"), "LoCon with a Tucker mid weight"),
+    (re.compile(r".*\.(?:dora_scale|lora_magnitude_vector(?:\.\w+)*)"), "DoRA"),
+    (re.compile(r".*\.diff(?:_b)?"), "full weight diff"),
+    (re.compile(r".*\.[wb]_norm"), "norm"),
+    (re.compile(r".*\.(?:lora_B|lora_up|lora\.up)(?:\.\w+)?\.bias"), "LoRA bias"),
+)
+
+METADATA_KEY = "lora_adapter_metadata"
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    return np.asarray(value, dtype=np.float32)
+
+
+def read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """All tensors of a LoRA file as float32 numpy arrays, and its safetensors metadata."""
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_EXTS:
+        try:
+            return _read_safetensors(path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise LoraError(f"{path.name}: not a readable safetensors file ({e})") from e
+    if suffix in PICKLE_EXTS:
+        return _read_pickle(path), {}
+    raise LoraError(f"{path.name}: unsupported LoRA file type; use one of {', '.join(LORA_EXTS)}")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    out: dict[str, np.ndarray] = {}
+    with safe_open(str(path), framework="numpy") as f:
+        metadata = dict(f.metadata() or {})
+        keys = list(f.keys())
+        bf16: list[str] = []
+        for key in keys:
+            try:
+                out[key] = _to_numpy(f.get_tensor(key))
+            except TypeError:  # numpy has no bfloat16
+                bf16.append(key)
+    if bf16:
+        # jax's ml_dtypes reads bfloat16; import lazily, only files that need it pay for it.
+        with safe_open(str(path), framework="flax") as f:
+            for key in bf16:
+                out[key] = _to_numpy(f.get_tensor(key).astype("float32"))
+    return out, metadata
+
+
+def _read_pickle(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is optional at serving time
+        raise LoraError(
+            f"{path.name}: reading {path.suffix} LoRAs needs torch; use safetensors"
+        ) from None
+    try:
+        # weights_only: a pickle can run code on load; this refuses anything but tensors.
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise LoraError(f"{path.name}: cannot load as a weights-only torch file ({e})") from e
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise LoraError(f"{path.name}: holds a {type(obj).__name__}, not a dict of tensors")
+    return {
+        str(k): v.detach().to(torch.float32).numpy()
+        for k, v in obj.items()
+        if isinstance(v, torch.Tensor)
+    }
+
+
+def _metadata_configs(metadata: Mapping[str, str]) -> dict[str, Any]:
+    """diffusers' `lora_adapter_metadata`: PEFT LoraConfig fields, `component.`-prefixed."""
+    raw = metadata.get(METADATA_KEY)
+    if not raw:
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError:
+        return {}  # metadata is advisory; a broken blob falls back to alpha = rank
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _config_alpha(
+    config: Mapping[str, Any], component: str | None, module: str
+) -> tuple[Any, bool]:
+    """(alpha, use_rslora) from PEFT config fields, or (None, False) when none apply."""
+    prefix = f"{component}." if component else ""
+    fields = {k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix)}
+    if component and not any(k in fields for k in ("lora_alpha", "alpha_pattern")):
+        fields = config  # saved by `save_lora_adapter` for one model: no prefix
+    rslora = bool(fields.get("use_rslora", False))
+    for pattern, alpha in (fields.get("alpha_pattern") or {}).items():
+        # PEFT's own rule: the pattern must match the module name's tail at a dot boundary.
+        if re.fullmatch(rf"(?:.*\.)?(?:{pattern})", module):
+            return alpha, rslora
+    return fields.get("lora_alpha"), rslora
+
+
+def _unsupported(key: str) -> str | None:
+    return next((kind for regex, kind in _UNSUPPORTED if regex.fullmatch(key)), None)
+
+
+def _classify(key: str) -> tuple[str | None, str, bool, str] | None:
+    """(component, module, kohya, role) for one tensor name; role is down/up/alpha."""
+    m = _KOHYA.fullmatch(key)
+    if m:
+        role = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}[m[3]]
+        return KOHYA_COMPONENTS[m[1]], m[2], True, role
+    name = key.removeprefix(_PEFT_PREFIX)
+    m = _PROCESSOR.fullmatch(name)
+    if m:
+        parent, proj = m[2], m[3]
+        if parent.endswith("self_attn"):
+            module = f"{parent}.{_CLIP_ATTN_NAMES[proj]}"
+        else:
+            module = f"{parent}.{'to_out.0' if proj == 'to_out' else proj}"
+        return m[1], module, False, m[4]
+    m = _DIFFUSERS.fullmatch(name)
+    if m:
+        ab, role = m[3], m[4] or m[5] or m[6]
+        if ab:
+            role = "down" if ab == "A" else "up"
+        return m[1], m[2], False, role
+    return None
+
+
+def parse_lora(path: Path) -> list[LoraPair]:
+    """Every low-rank pair of a LoRA file, with its alpha folded into `scale`."""
+    tensors, metadata = read_tensors(path)
+    if not tensors:
+        raise LoraError(f"{path.name}: the file holds no tensors")
+    configs = _metadata_configs(metadata)
+    groups: dict[tuple[str | None, str, bool], dict[str, np.ndarray]] = {}
+    names: dict[tuple[str | None, str, bool], dict[str, str]] = {}
+    unknown: list[str] = []
+    for key, value in tensors.items():
+        classified = _classify(key)
+        if classified is None:
+            kind = _unsupported(key)
+            if kind is not None:
+                raise LoraError(f"{path.name}: {kind} weights ({key!r}) are not supported")
+            unknown.append(key)
+            continue
+        component, module, kohya, role = classified
+        groups.setdefault((component, module, kohya), {})[role] = value
+        names.setdefault((component, module, kohya), {})[role] = key
+    if unknown:
+        raise LoraError(
+            f"{path.name}: {len(unknown)} tensor(s) are not LoRA weights in a known layout: "
+            + ", ".join(unknown[:5])
+            + (" ..." if len(unknown) > 5 else "")
+        )
+    pairs = []
+    for (component, module, kohya), parts in groups.items():
+        # Errors name a real key of the file, so a user can find it.
+        label = names[(component, module, kohya)].get("down") or next(
+            iter(names[(component, module, kohya)].values())
+        )
+        if "down" not in parts or "up" not in parts:
+            have = ", ".join(sorted(parts))
+            raise LoraError(f"{path.name}: {label} needs both down and up weights (has {have})")
+        down, up = parts["down"], parts["up"]
+        rank = down.shape[0]
+        if down.ndim not in (2, 4, 5) or up.ndim != down.ndim or up.shape[1] != rank or rank == 0:
+            raise LoraError(
+                f"{path.name}: {label}: down {down.shape} and up {up.shape} are not a LoRA pair"
+            )
+        rslora = False
+        if "alpha" in parts:
+            # kohya's trainer reads alpha 0 (or none) as alpha = rank; so do we.
+            alpha = float(parts["alpha"].reshape(-1)[0]) or float(rank)
+        else:
+            alpha, rslora = _config_alpha(configs, component, module)
+            alpha = float(rank if alpha is None else alpha)
+        scale = alpha / (math.sqrt(rank) if rslora else rank)
+        pairs.append(LoraPair(label, component, module, kohya, down, up, scale))
+    return pairs
