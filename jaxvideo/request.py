@@ -44,6 +44,8 @@ class GenerationRequest:
     init_image: np.ndarray | None = field(default=None, compare=False, repr=False)
     mask_image: np.ndarray | None = field(default=None, compare=False, repr=False)
     strength: float = 0.75
+    # LoRA files (jaxvideo.lora.LoraSpec), already resolved inside the configured folder.
+    loras: tuple[Any, ...] = ()
 
     def seeds(self) -> list[int]:
         """One seed per image: seed, seed+1, ... (the A1111 `all_seeds` convention)."""

@@ -41,9 +41,13 @@ class _Encoder:
     def _forward(self, state, ids, skip_layers: int, final_norm: bool):
         return nnx.merge(self._def, state)(ids, skip_layers=skip_layers, final_norm=final_norm)
 
-    def __call__(self, prompts: list[str], skip_layers: int, final_norm: bool):
+    @property
+    def state(self) -> nnx.State:
+        return self._state
+
+    def __call__(self, prompts: list[str], skip_layers: int, final_norm: bool, state=None):
         ids = jnp.asarray(self.tokenizer(prompts))
-        return self._forward(self._state, ids, skip_layers, final_norm)
+        return self._forward(self._state if state is None else state, ids, skip_layers, final_norm)
 
 
 class ClipConditioner:
@@ -52,12 +56,23 @@ class ClipConditioner:
     def __init__(self, model_dir: Path, dtype: str):
         self.encoder = _Encoder(model_dir, "tokenizer", "text_encoder", dtype)
 
+    def states(self) -> dict[str, nnx.State]:
+        """Text encoder weights by component name (what LoRAs patch)."""
+        return {"text_encoder": self.encoder.state}
+
     def __call__(
-        self, prompt: str, negative_prompt: str, clip_skip: int, width: int, height: int
+        self,
+        prompt: str,
+        negative_prompt: str,
+        clip_skip: int,
+        width: int,
+        height: int,
+        states: dict[str, nnx.State] | None = None,
     ) -> Conditioning:
         # A1111 clip skip: 1 (or <= 0: default) is the last layer, 2 the penultimate, ...
         skip_layers = max(clip_skip, 1) - 1
-        hidden, _ = self.encoder([negative_prompt, prompt], skip_layers, True)
+        state = (states or {}).get("text_encoder")
+        hidden, _ = self.encoder([negative_prompt, prompt], skip_layers, True, state)
         return Conditioning(hidden)
 
 
@@ -68,14 +83,24 @@ class SDXLConditioner:
         self.encoder_1 = _Encoder(model_dir, "tokenizer", "text_encoder", dtype)
         self.encoder_2 = _Encoder(model_dir, "tokenizer_2", "text_encoder_2", dtype)
 
+    def states(self) -> dict[str, nnx.State]:
+        return {"text_encoder": self.encoder_1.state, "text_encoder_2": self.encoder_2.state}
+
     def __call__(
-        self, prompt: str, negative_prompt: str, clip_skip: int, width: int, height: int
+        self,
+        prompt: str,
+        negative_prompt: str,
+        clip_skip: int,
+        width: int,
+        height: int,
+        states: dict[str, nnx.State] | None = None,
     ) -> Conditioning:
         # SDXL always reads the penultimate layer; A1111 clip skip N > 2 goes further back.
         skip_layers = max(clip_skip, 2) - 1
         prompts = [negative_prompt, prompt]
-        hidden_1, _ = self.encoder_1(prompts, skip_layers, False)
-        hidden_2, pooled = self.encoder_2(prompts, skip_layers, False)
+        states = states or {}
+        hidden_1, _ = self.encoder_1(prompts, skip_layers, False, states.get("text_encoder"))
+        hidden_2, pooled = self.encoder_2(prompts, skip_layers, False, states.get("text_encoder_2"))
         context = jnp.concatenate([hidden_1, hidden_2], axis=-1)
         if not negative_prompt:
             # diffusers' force_zeros_for_empty_prompt: no negative prompt means zero conditioning.

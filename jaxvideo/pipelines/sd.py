@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from jaxvideo.errors import Cancelled, InvalidRequest
+from jaxvideo.lora import LoraCache
 from jaxvideo.media import resize_image
 from jaxvideo.pipelines.conditioning import CONDITIONERS, Conditioning
 from jaxvideo.request import GenerationRequest
@@ -86,6 +87,7 @@ class StableDiffusionPipeline:
         self._unet_def, self._unet_state = nnx.split(unet)
         self._vae_def, self._vae_state = nnx.split(vae)
         self.dtype = jax.tree.leaves(self._unet_state)[0].dtype
+        self._loras = LoraCache(max_entries=4)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -227,8 +229,13 @@ class StableDiffusionPipeline:
         if cancelled is not None and cancelled():
             raise Cancelled()
         batch = noise.shape[0]
+        # LoRA-merged weights (cached per LoRA set); the base states stay untouched.
+        states = self._loras.get_or_merge(
+            {"unet": self._unet_state, **self.conditioner.states()}, list(req.loras)
+        )
+        unet_state = states["unet"]
         cond: Conditioning = self.conditioner(
-            req.prompt, req.negative_prompt, req.clip_skip, req.width, req.height
+            req.prompt, req.negative_prompt, req.clip_skip, req.width, req.height, states
         )
         use_cfg = req.guidance_scale != 1.0
         context, added = _batch_conditioning(cond, batch, use_cfg)
@@ -251,7 +258,7 @@ class StableDiffusionPipeline:
                 x = x * blend_mask + (init_latents + noise * sigma) * (1 - blend_mask)
             t = float(self.schedule.sigma_to_t(np.float64(sigma)))
             denoised = self._denoise(
-                self._unet_state,
+                unet_state,
                 x,
                 jnp.float32(sigma),
                 jnp.float32(t),
