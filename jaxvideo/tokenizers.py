@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxvideo.prompts import PromptChunks, chunk_prompt
+
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 
@@ -68,6 +70,21 @@ class PromptTokenizer:
     @property
     def eos_token_id(self) -> int:
         return int(self._tok.eos_token_id)
+
+    def chunks(self, text: str) -> PromptChunks:
+        """A1111-style emphasis-weighted 77-token chunks (any prompt length)."""
+        tok = self._tok
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        comma = tok.convert_tokens_to_ids(",</w>")
+        comma = comma if comma != tok.unk_token_id else None
+        return chunk_prompt(
+            text,
+            lambda piece: tok(piece, add_special_tokens=False, verbose=False)["input_ids"],
+            bos=int(tok.bos_token_id),
+            eos=int(tok.eos_token_id),
+            pad=int(pad),
+            comma=comma,
+        )
 
     def __call__(self, prompts: list[str]) -> np.ndarray:
         ids = self._tok(

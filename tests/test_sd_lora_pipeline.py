@@ -73,3 +73,22 @@ def test_a_lora_for_another_model_is_refused(pipeline_and_lora, tmp_path):
     )
     with pytest.raises(LoraError):
         generate(pipeline, [LoraSpec(wrong, 1.0)])
+
+
+def conditioning(pipeline, prompt):
+    return pipeline.conditioner(prompt, "", -1, 64, 64).context
+
+
+def test_long_prompts_and_emphasis_reach_the_conditioning(pipeline_and_lora):
+    pipeline, _ = pipeline_and_lora
+    plain = conditioning(pipeline, "a fox")
+    assert plain.shape[1] == 77
+    long = conditioning(pipeline, ", ".join(["a red fox"] * 20))
+    # several 77-token chunks; the (empty) negative prompt is padded to the same length
+    assert long.shape[1] % 77 == 0 and long.shape[1] > 77
+    np.testing.assert_allclose(conditioning(pipeline, "a (fox:1.0)"), plain, atol=1e-6)
+    assert np.abs(np.asarray(conditioning(pipeline, "a (fox:1.6)") - plain)).max() > 1e-3
+    req = build_request(
+        {"prompt": ", ".join(["a red fox"] * 20), "width": 64, "height": 64, "steps": 2, "seed": 1}
+    )
+    assert pipeline.generate(req).images[0].shape == (64, 64, 3)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from jaxvideo.prompts import pad_chunk_counts
 from jaxvideo.tokenizers import load_tokenizer
 from jaxvideo.weights import load_component
 
@@ -46,8 +48,31 @@ class _Encoder:
         return self._state
 
     def __call__(self, prompts: list[str], skip_layers: int, final_norm: bool, state=None):
-        ids = jnp.asarray(self.tokenizer(prompts))
-        return self._forward(self._state if state is None else state, ids, skip_layers, final_norm)
+        """Encodes [negative, positive] -> hidden (2, 77 * chunks, D), pooled (2, P).
+
+        Prompts are split into 77-token chunks with A1111 emphasis weights; both prompts get
+        the same number of chunks so they batch together under CFG. Pooled output comes from
+        each prompt's first chunk.
+        """
+        negative, positive = (self.tokenizer.chunks(p) for p in prompts)
+        pad_chunk_counts(negative, positive, self.tokenizer.chunks(""))
+        count = len(negative.ids)
+        ids = jnp.asarray(negative.ids + positive.ids, dtype=jnp.int32)
+        hidden, pooled = self._forward(
+            self._state if state is None else state, ids, skip_layers, final_norm
+        )
+        weights = np.asarray(negative.weights + positive.weights, dtype=np.float32)
+        if not np.all(weights == 1.0):
+            hidden = _apply_emphasis(hidden, jnp.asarray(weights))
+        hidden = hidden.reshape(2, count * hidden.shape[1], hidden.shape[2])
+        return hidden, pooled[jnp.asarray([0, count])]
+
+
+def _apply_emphasis(hidden: jax.Array, weights: jax.Array) -> jax.Array:
+    """Scales each token's embedding by its weight, then restores each chunk's mean (A1111)."""
+    original_mean = hidden.mean(axis=(1, 2), keepdims=True)
+    weighted = hidden * weights[:, :, None]
+    return weighted * (original_mean / weighted.mean(axis=(1, 2), keepdims=True))
 
 
 class ClipConditioner:
