@@ -1,4 +1,4 @@
-"""Schedules and samplers against diffusers' Euler schedulers on a toy epsilon model."""
+"""Schedules (all of them) and the Euler samplers against diffusers on a toy epsilon model."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
-from jaxvideo.sampling import SAMPLER_FNS, TrainingSchedule, make_sigmas
+from jaxvideo.sampling import SAMPLER_FNS, SCHEDULERS, TrainingSchedule, make_sigmas
 
 SD_SCHEDULE = TrainingSchedule()  # SD 1.x: scaled_linear 0.00085..0.012 over 1000 steps
 
@@ -112,7 +112,8 @@ def test_euler_ancestral_step_matches_diffusers_given_the_same_noise():
 
 def test_ancestral_noise_is_per_sample_and_batch_independent():
     """Image i of a batch equals the image generated alone with the same seed."""
-    x0 = np.random.default_rng(2).standard_normal((2, 4, 4, 2)).astype(np.float32)
+    # test_samplers.py's latent shape, so the noise draw compiles once for both files.
+    x0 = np.random.default_rng(2).standard_normal((2, 32, 32, 2)).astype(np.float32)
     batched = run_ours_batch(x0, seeds=[5, 6])
     alone = run_ours_batch(x0[1:], seeds=[6])
     np.testing.assert_allclose(batched[1:], alone, atol=1e-6)
@@ -137,3 +138,178 @@ def test_progress_callback_reports_every_step():
         lambda x, s: x * 0.1, jnp.ones((1, 2)), sigmas, keys, lambda i, n: seen.append((i, n))
     )
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+# --- every schedule -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_every_schedule_descends_from_sigma_max_to_zero(scheduler):
+    sigma_max = float(SD_SCHEDULE.sigmas()[-1])
+    for steps in (1, 2, 3, 7, 20, 50):
+        sigmas = make_sigmas(SD_SCHEDULE, scheduler, steps)
+        assert sigmas.dtype == np.float32 and sigmas.shape == (steps + 1,), steps
+        assert sigmas[-1] == 0 and np.all(sigmas[:-1] > 0), steps
+        assert np.all(np.diff(sigmas) < 0), (steps, sigmas)
+        np.testing.assert_allclose(sigmas[0], sigma_max, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scheduler", ["discrete", "karras", "exponential", "kl_optimal"])
+def test_range_schedules_end_at_sigma_min(scheduler):
+    sigmas = make_sigmas(SD_SCHEDULE, scheduler, 9)
+    np.testing.assert_allclose(sigmas[-2], SD_SCHEDULE.sigmas()[0], rtol=1e-5)
+
+
+def test_exponential_matches_diffusers():
+    ref = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        use_exponential_sigmas=True,
+    )
+    ref.set_timesteps(12)
+    np.testing.assert_allclose(make_sigmas(SD_SCHEDULE, "exponential", 12), ref.sigmas, rtol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [8, 10, 25])
+def test_simple_is_diffusers_trailing_spacing_when_steps_divide_1000(steps):
+    ref = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        timestep_spacing="trailing",
+    )
+    ref.set_timesteps(steps)
+    np.testing.assert_allclose(make_sigmas(SD_SCHEDULE, "simple", steps), ref.sigmas, rtol=1e-5)
+
+
+def test_lcm_schedule_picks_diffusers_lcm_timesteps():
+    from diffusers import LCMScheduler
+
+    for steps in (1, 4, 8, 50):
+        ref = LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+        ref.set_timesteps(steps)
+        expected = SD_SCHEDULE.sigmas()[ref.timesteps.numpy()]
+        np.testing.assert_allclose(make_sigmas(SD_SCHEDULE, "lcm", steps)[:-1], expected)
+    with pytest.raises(ValueError, match="at most 50"):
+        make_sigmas(SD_SCHEDULE, "lcm", 51)
+
+
+def log_interp_sigma(t: np.ndarray) -> np.ndarray:
+    """k-diffusion's t_to_sigma: log-sigma interpolated between integer timesteps."""
+    return np.exp(np.interp(t, np.arange(1000), np.log(SD_SCHEDULE.sigmas().astype(np.float64))))
+
+
+@pytest.mark.parametrize(
+    "scheduler,timesteps",
+    [
+        ("sgm_uniform", lambda n: np.linspace(999, 0, n + 1)[:-1]),
+        ("smoothstep", lambda n: (lambda u: u * u * (3 - 2 * u))(1 - np.arange(n) / n) * 999),
+    ],
+)
+def test_timestep_schedules_follow_their_definition(scheduler, timesteps):
+    for steps in (3, 12):
+        expected = log_interp_sigma(timesteps(steps))
+        np.testing.assert_allclose(
+            make_sigmas(SD_SCHEDULE, scheduler, steps)[:-1], expected, rtol=1e-5
+        )
+
+
+def test_kl_optimal_is_even_in_arctan_sigma():
+    angles = np.arctan(make_sigmas(SD_SCHEDULE, "kl_optimal", 9)[:-1].astype(np.float64))
+    np.testing.assert_allclose(np.diff(angles), np.diff(angles)[0], rtol=1e-4)
+
+
+def test_beta_schedule_uses_beta_quantiles_of_the_timesteps():
+    stats = pytest.importorskip("scipy.stats")
+    from jaxvideo.sampling.schedules import beta_ppf
+
+    p = np.linspace(0, 1, 41)
+    np.testing.assert_allclose(beta_ppf(p, 0.6, 0.6), stats.beta.ppf(p, 0.6, 0.6), atol=1e-9)
+    np.testing.assert_allclose(beta_ppf(p, 2.0, 0.5), stats.beta.ppf(p, 2.0, 0.5), atol=1e-9)
+    for steps in (4, 30):
+        t = stats.beta.ppf(1 - np.arange(steps) / steps, 0.6, 0.6) * 999
+        np.testing.assert_allclose(
+            make_sigmas(SD_SCHEDULE, "beta", steps)[:-1], log_interp_sigma(t), rtol=1e-5
+        )
+
+
+def test_ays_is_the_published_table_log_linearly_stretched():
+    from jaxvideo.sampling.schedule_tables import AYS_NOISE_LEVELS
+
+    sd1, sdxl = np.array(AYS_NOISE_LEVELS["sd1"]), np.array(AYS_NOISE_LEVELS["sdxl"])
+    np.testing.assert_allclose(make_sigmas(SD_SCHEDULE, "ays", 10)[:-1], sd1[:-1], rtol=1e-6)
+    # 20 steps put the 10-step table on every other point; the rest are log-midpoints.
+    twenty = make_sigmas(SD_SCHEDULE, "ays", 20).astype(np.float64)
+    np.testing.assert_allclose(twenty[:-1:2], sd1[:-1], rtol=1e-6)
+    np.testing.assert_allclose(
+        twenty[1:-1:2],
+        np.sqrt(sd1[:-2] * sd1[1:-1])[:9].tolist() + [np.sqrt(sd1[-2] * sd1[-1])],
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(
+        make_sigmas(SD_SCHEDULE, "ays", 10, family="sdxl")[:-1], sdxl[:-1], rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="family"):
+        make_sigmas(SD_SCHEDULE, "ays", 10, family="flux")
+
+
+def test_gits_uses_its_optimised_rows_up_to_20_steps():
+    from jaxvideo.sampling.schedule_tables import GITS_INTERIOR, GITS_SIGMA_MAX
+
+    for steps in (2, 5, 20):
+        expected = [GITS_SIGMA_MAX, *GITS_INTERIOR[steps - 2]]
+        np.testing.assert_allclose(
+            make_sigmas(SD_SCHEDULE, "gits", steps)[:-1], expected, rtol=1e-6
+        )
+    np.testing.assert_allclose(
+        make_sigmas(SD_SCHEDULE, "gits", 10)[:4],
+        [14.61464119, 5.85520077, 2.84484982, 1.67050016],
+        rtol=1e-6,
+    )
+
+
+def test_aliases_and_unknown_names():
+    np.testing.assert_array_equal(
+        make_sigmas(SD_SCHEDULE, "normal", 5), make_sigmas(SD_SCHEDULE, "discrete", 5)
+    )
+    with pytest.raises(KeyError):
+        make_sigmas(SD_SCHEDULE, "flux", 5)
+
+
+def test_custom_sigmas_are_validated_and_end_in_zero():
+    from jaxvideo.sampling import custom_sigmas
+
+    np.testing.assert_array_equal(
+        custom_sigmas([14.6, 3.0, 0.5]), np.float32([14.6, 3.0, 0.5, 0.0])
+    )
+    np.testing.assert_array_equal(custom_sigmas((2.0, 1.0, 0.0)), np.float32([2.0, 1.0, 0.0]))
+    for bad in (
+        [],
+        [0.0],
+        [1.0, 1.0],
+        [1.0, 2.0],
+        [3.0, float("nan")],
+        [2.0, -1.0],
+        ["x"],
+        [1.0, 0.0, 0.5],
+    ):
+        with pytest.raises(ValueError):
+            custom_sigmas(bad)
+
+
+def test_shifted_timestep_rescales_the_denoiser_to_the_shifted_sigma():
+    from jaxvideo.sampling import shifted_timestep
+
+    train = SD_SCHEDULE.sigmas().astype(np.float64)
+    same = shifted_timestep(SD_SCHEDULE, train[600], 1000)
+    assert (
+        same.t == 600
+        and same.c_skip == pytest.approx(1.0)
+        and same.c_out == pytest.approx(-train[600])
+    )
+    half = shifted_timestep(SD_SCHEDULE, train[600], 500)  # t' = 600 * 500 / 1000
+    assert half.t == 300 and half.c_out == pytest.approx(-train[300], rel=1e-6)
+    assert half.c_skip == pytest.approx(np.sqrt(train[300] ** 2 + 1) / np.sqrt(train[600] ** 2 + 1))
+    with pytest.raises(ValueError):
+        shifted_timestep(SD_SCHEDULE, 1.0, 0)

@@ -1,28 +1,75 @@
-"""k-diffusion style samplers: each walks the sigmas calling a denoiser `model(x, sigma)`.
+"""k-diffusion style samplers by stable-diffusion.cpp's names, and the registry that maps them.
 
 A sampler is a plain Python loop over steps so the caller can report progress and stop between
-steps; the denoiser it calls is the jit-compiled network. Noise for ancestral steps comes from a
-per-sample key (one per image, from that image's seed) folded with the step index, so an image
-is the same whether it was generated alone or in a batch.
+steps; the denoiser it calls is the jit-compiled network. Every sampler has the signature
+
+    sampler(model, x, sigmas, keys, callback=None, eta=None) -> x
+
+- `model(x, sigma) -> denoised`: the x0 prediction for x = x0 + sigma * noise (k-diffusion's
+  convention); sigma is a Python/numpy float, possibly one not in `sigmas` (intermediate
+  evaluations of heun, dpm2, dpm++2s_a, res_2s).
+- CFG++ samplers (SAMPLER_NEEDS_UNCOND) also need the unconditional prediction: they call
+  `model(x, sigma, return_uncond=True)`, which must return `(denoised, denoised_uncond)`, where
+  `denoised` is the guided prediction and `denoised_uncond` the negative-prompt one (both in the
+  same x0 space). Other samplers never pass return_uncond. CFG++ expects small guidance scales
+  (about 0.5 to 2); at scale 1 it is plain Euler / Euler a.
+- `x` starts at `noise * sigmas[0]`; `sigmas` descend to a final 0 (schedules.make_sigmas).
+- `keys` holds one PRNG key per image; the noise a stochastic sampler injects at step i is
+  `step_noise(keys, i, ...)` (dpm++2m_sde_bt: a Brownian path from the same keys), so an image is
+  the same whether it was generated alone or in a batch.
+- `callback(step, total)` runs once after each step (1-based, total = len(sigmas) - 1), however
+  many model evaluations the step took.
+- `eta` None means the sampler's default (SAMPLER_DEFAULT_ETA); samplers absent from that map are
+  deterministic and ignore it.
+
+SAMPLER_DEFAULT_SCHEDULE names the schedule to use when the client asks for the default one.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
-StepCallback = Callable[[int, int], None]
+from jaxvideo.sampling.sampler_base import (
+    Denoiser,
+    SamplerFn,
+    StepCallback,
+    ancestral_step,
+    lincomb,
+    model_with_uncond,
+    report,
+    resolve_eta,
+    step_noise,
+    to_d,
+)
+from jaxvideo.sampling.samplers_distilled import sample_lcm, sample_tcd
+from jaxvideo.sampling.samplers_exp import (
+    sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+    sample_dpmpp_2m_sde_bt,
+    sample_dpmpp_2m_v2,
+    sample_dpmpp_2s_ancestral,
+    sample_er_sde,
+    sample_res_2s,
+    sample_res_multistep,
+)
+from jaxvideo.sampling.samplers_ode import (
+    sample_dpm2,
+    sample_euler_ge,
+    sample_heun,
+    sample_ipndm,
+    sample_ipndm_v,
+    sample_lms,
+)
 
-
-def step_noise(keys: jax.Array, step: int, shape: tuple[int, ...], dtype) -> jax.Array:
-    """Standard normal noise of `shape` (batch first), one stream per sample key."""
-    per_sample = shape[1:]
-    draw = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, step), per_sample, dtype))
-    return draw(keys)
+__all__ = [
+    "SAMPLER_DEFAULT_ETA",
+    "SAMPLER_DEFAULT_SCHEDULE",
+    "SAMPLER_FNS",
+    "SAMPLER_NEEDS_UNCOND",
+    "step_noise",
+]
 
 
 @jax.jit
@@ -56,8 +103,27 @@ def sample_euler(
     for i in range(n):
         denoised = model(x, sigmas[i])
         x = _euler_update(x, denoised, sigmas[i], sigmas[i + 1])
-        if callback is not None:
-            callback(i + 1, n)
+        report(callback, i + 1, n)
+    return x
+
+
+def _sample_ancestral(
+    model: Denoiser,
+    x: jax.Array,
+    sigmas: np.ndarray,
+    keys: jax.Array,
+    callback: StepCallback | None,
+    eta: float,
+) -> jax.Array:
+    n = len(sigmas) - 1
+    for i in range(n):
+        denoised = model(x, sigmas[i])
+        if eta > 0 and sigmas[i + 1] > 0:
+            noise = step_noise(keys, i, x.shape, x.dtype)
+            x = _ancestral_update(x, denoised, sigmas[i], sigmas[i + 1], noise, eta)
+        else:
+            x = _euler_update(x, denoised, sigmas[i], sigmas[i + 1])
+        report(callback, i + 1, n)
     return x
 
 
@@ -70,18 +136,121 @@ def sample_euler_ancestral(
     eta: float | None = None,
 ) -> jax.Array:
     """Ancestral Euler: each step overshoots to sigma_down, then adds noise back up."""
-    eta = 1.0 if eta is None else float(eta)
+    return _sample_ancestral(model, x, sigmas, keys, callback, resolve_eta(eta, 1.0))
+
+
+def sample_ddim_trailing(
+    model: Denoiser,
+    x: jax.Array,
+    sigmas: np.ndarray,
+    keys: jax.Array,
+    callback: StepCallback | None = None,
+    eta: float | None = None,
+) -> jax.Array:
+    """DDIM (Song et al. 2020) on the given sigmas; with the "simple" schedule its timesteps
+    are the "trailing" spacing of Lin et al. 2023.
+
+    In k-diffusion's parameterisation DDIM with eta is exactly ancestral Euler with the same
+    eta (its variance is sigma_up**2, its direction term sigma_down), which is also how
+    stable-diffusion.cpp runs it. eta defaults to 0: deterministic DDIM.
+    """
+    return _sample_ancestral(model, x, sigmas, keys, callback, resolve_eta(eta, 0.0))
+
+
+def _sample_euler_cfg_pp(
+    model: Denoiser,
+    x: jax.Array,
+    sigmas: np.ndarray,
+    keys: jax.Array,
+    callback: StepCallback | None,
+    eta: float,
+) -> jax.Array:
     n = len(sigmas) - 1
     for i in range(n):
-        denoised = model(x, sigmas[i])
-        noise = step_noise(keys, i, x.shape, x.dtype)
-        x = _ancestral_update(x, denoised, sigmas[i], sigmas[i + 1], noise, eta)
-        if callback is not None:
-            callback(i + 1, n)
+        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        denoised, denoised_uncond = model_with_uncond(model, x, sigma)
+        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+        # CFG++ (Chung et al. 2024): renoise along the unconditional direction, not the guided.
+        d_uncond = to_d(x, denoised_uncond, sigma)
+        terms = [(denoised, 1.0), (d_uncond, sigma_down)]
+        if sigma_up > 0:
+            terms.append((step_noise(keys, i, x.shape, x.dtype), sigma_up))
+        x = lincomb(*terms)
+        report(callback, i + 1, n)
     return x
 
 
-SAMPLER_FNS = {
+def sample_euler_cfg_pp(
+    model: Denoiser,
+    x: jax.Array,
+    sigmas: np.ndarray,
+    keys: jax.Array,
+    callback: StepCallback | None = None,
+    eta: float | None = None,
+) -> jax.Array:
+    """Euler CFG++: x_next = denoised + sigma_next * (x - denoised_uncond) / sigma."""
+    return _sample_euler_cfg_pp(model, x, sigmas, keys, callback, 0.0)
+
+
+def sample_euler_ancestral_cfg_pp(
+    model: Denoiser,
+    x: jax.Array,
+    sigmas: np.ndarray,
+    keys: jax.Array,
+    callback: StepCallback | None = None,
+    eta: float | None = None,
+) -> jax.Array:
+    """Ancestral Euler CFG++: the CFG++ move to sigma_down, then noise of sigma_up."""
+    return _sample_euler_cfg_pp(model, x, sigmas, keys, callback, resolve_eta(eta, 1.0))
+
+
+# The single registry of samplers, in stable-diffusion.cpp's order and spelling.
+SAMPLER_FNS: dict[str, SamplerFn] = {
     "euler": sample_euler,
     "euler_a": sample_euler_ancestral,
+    "heun": sample_heun,
+    "dpm2": sample_dpm2,
+    "dpm++2s_a": sample_dpmpp_2s_ancestral,
+    "dpm++2m": sample_dpmpp_2m,
+    "dpm++2mv2": sample_dpmpp_2m_v2,
+    "ipndm": sample_ipndm,
+    "ipndm_v": sample_ipndm_v,
+    "lcm": sample_lcm,
+    "ddim_trailing": sample_ddim_trailing,
+    "tcd": sample_tcd,
+    "res_multistep": sample_res_multistep,
+    "res_2s": sample_res_2s,
+    "er_sde": sample_er_sde,
+    "euler_cfg_pp": sample_euler_cfg_pp,
+    "euler_a_cfg_pp": sample_euler_ancestral_cfg_pp,
+    "euler_ge": sample_euler_ge,
+    "dpm++2m_sde": sample_dpmpp_2m_sde,
+    "dpm++2m_sde_bt": sample_dpmpp_2m_sde_bt,
+    "lms": sample_lms,
+}
+
+# Samplers that call model(x, sigma, return_uncond=True) -> (denoised, denoised_uncond).
+SAMPLER_NEEDS_UNCOND: frozenset[str] = frozenset({"euler_cfg_pp", "euler_a_cfg_pp"})
+
+# eta used when the request leaves it unset; samplers not listed ignore eta.
+SAMPLER_DEFAULT_ETA: dict[str, float] = {
+    "euler_a": 1.0,
+    "dpm++2s_a": 1.0,
+    "ddim_trailing": 0.0,
+    "tcd": 0.3,
+    "res_multistep": 0.0,
+    "res_2s": 0.0,
+    "er_sde": 1.0,
+    "euler_a_cfg_pp": 1.0,
+    "euler_ge": 0.0,
+    "dpm++2m_sde": 1.0,
+    "dpm++2m_sde_bt": 1.0,
+}
+
+# Schedule to use when the client asks for the default one with these samplers (as
+# stable-diffusion.cpp does); every other sampler uses the pipeline's own default.
+SAMPLER_DEFAULT_SCHEDULE: dict[str, str] = {
+    "lcm": "lcm",
+    "tcd": "lcm",
+    "ddim_trailing": "simple",
 }
