@@ -27,7 +27,9 @@ from jaxvideo.pipelines.conditioning import CONDITIONERS, Conditioning
 from jaxvideo.request import GenerationRequest
 from jaxvideo.results import GenerationResult
 from jaxvideo.sampling import (
+    SAMPLER_DEFAULT_SCHEDULE,
     SAMPLER_FNS,
+    SAMPLER_NEEDS_UNCOND,
     SCHEDULE_FNS,
     SCHEDULER_ALIASES,
     TrainingSchedule,
@@ -44,7 +46,7 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "steps": 20,
     "guidance_scale": 7.0,
     "sampler": "euler_a",
-    "scheduler": "discrete",
+    "scheduler": "default",  # the sampler's own choice (lcm -> lcm, ...), else discrete
     "clip_skip": -1,
 }
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -100,13 +102,14 @@ class StableDiffusionPipeline:
 
     # --- compiled pieces -------------------------------------------------------------------
 
-    @partial(jax.jit, static_argnums=(0, 9))
+    @partial(jax.jit, static_argnums=(0, 9, 10))
     def _denoise(
-        self, state, x, sigma, t, context, added, extra, guidance, use_cfg: bool
-    ) -> jax.Array:
+        self, state, x, sigma, t, context, added, extra, guidance, use_cfg: bool, with_uncond: bool
+    ):
         """k-diffusion denoiser around an epsilon- or v-prediction UNet, with CFG.
 
         `extra` (B, h, w, 5) holds an inpainting UNet's mask + masked-image latents, else None.
+        With `with_uncond` it returns (guided, unconditional) x0 predictions (CFG++ samplers).
         """
         unet = nnx.merge(self._unet_def, state)
         c_in = 1.0 / jnp.sqrt(sigma**2 + 1.0)
@@ -118,9 +121,15 @@ class StableDiffusionPipeline:
             x_in = jnp.concatenate([x_in, x_in])
         timesteps = jnp.full((x_in.shape[0],), t, dtype=jnp.float32)
         out = unet(x_in, timesteps, context, added_cond=added).astype(jnp.float32)
+        out_uncond = None
         if use_cfg:
             out_uncond, out_cond = jnp.split(out, 2)
             out = out_uncond + guidance * (out_cond - out_uncond)
+        if with_uncond:
+            return self._to_x0(x, sigma, out), self._to_x0(x, sigma, out_uncond)
+        return self._to_x0(x, sigma, out)
+
+    def _to_x0(self, x: jax.Array, sigma: jax.Array, out: jax.Array) -> jax.Array:
         if self.schedule.prediction_type == "v_prediction":
             # x0 = c_skip * x + c_out * v with sigma_data = 1 (k-diffusion's VDenoiser).
             return x / (sigma**2 + 1.0) - out * sigma / jnp.sqrt(sigma**2 + 1.0)
@@ -154,7 +163,7 @@ class StableDiffusionPipeline:
                 f"unknown sampler {req.sampler!r}; one of {', '.join(SAMPLER_FNS)}"
             )
         scheduler = SCHEDULER_ALIASES.get(req.scheduler.lower(), req.scheduler.lower())
-        scheduler = scheduler or self.defaults["scheduler"]
+        scheduler = scheduler or SAMPLER_DEFAULT_SCHEDULE.get(sampler, "discrete")
         if scheduler not in SCHEDULE_FNS:
             raise InvalidRequest(
                 f"unknown scheduler {req.scheduler!r}; one of {', '.join(SCHEDULE_FNS)}"
@@ -237,11 +246,19 @@ class StableDiffusionPipeline:
         cond: Conditioning = self.conditioner(
             req.prompt, req.negative_prompt, req.clip_skip, req.width, req.height, states
         )
-        use_cfg = req.guidance_scale != 1.0
+        # CFG++ samplers need the unconditional prediction even at guidance 1.
+        with_uncond = sampler in SAMPLER_NEEDS_UNCOND
+        use_cfg = req.guidance_scale != 1.0 or with_uncond
         context, added = _batch_conditioning(cond, batch, use_cfg)
         guidance = jnp.float32(req.guidance_scale)
 
-        sigmas = make_sigmas(self.schedule, scheduler, req.steps)
+        options = (
+            {"family": "sdxl" if self.family == "sdxl" else "sd1"} if scheduler == "ays" else {}
+        )
+        try:
+            sigmas = make_sigmas(self.schedule, scheduler, req.steps, **options)
+        except ValueError as exc:  # e.g. the lcm schedule's 50-step ceiling
+            raise InvalidRequest(str(exc)) from exc
         init_latents, blend_mask, extra = self._image_inputs(req, keys)
         if init_latents is not None and not (self.is_inpainting and req.strength >= 1.0):
             # img2img runs the last `strength` of the schedule from the noised init image.
@@ -253,11 +270,16 @@ class StableDiffusionPipeline:
         if len(sigmas) < 2:  # strength 0: nothing to denoise
             return init_latents
 
-        def model(x: jax.Array, sigma: float) -> jax.Array:
+        def keep_unmasked(denoised: jax.Array) -> jax.Array:
+            if blend_mask is None:
+                return denoised
+            return denoised * blend_mask + init_latents * (1 - blend_mask)
+
+        def model(x: jax.Array, sigma: float, return_uncond: bool = False):
             if blend_mask is not None:  # keep the unmasked region on the init image's path
                 x = x * blend_mask + (init_latents + noise * sigma) * (1 - blend_mask)
             t = float(self.schedule.sigma_to_t(np.float64(sigma)))
-            denoised = self._denoise(
+            out = self._denoise(
                 unet_state,
                 x,
                 jnp.float32(sigma),
@@ -267,11 +289,13 @@ class StableDiffusionPipeline:
                 extra,
                 guidance,
                 use_cfg,
+                return_uncond,
             )
-            if blend_mask is not None:
-                denoised = denoised * blend_mask + init_latents * (1 - blend_mask)
             # Block so progress reports finished steps, not steps merely dispatched.
-            return denoised.block_until_ready()
+            jax.block_until_ready(out)
+            if return_uncond:
+                return keep_unmasked(out[0]), keep_unmasked(out[1])
+            return keep_unmasked(out)
 
         def on_step(step: int, total: int) -> None:
             if progress is not None:

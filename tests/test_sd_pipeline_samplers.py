@@ -1,0 +1,57 @@
+"""Every sampler and every schedule generates through the SD pipeline (demo model)."""
+
+import numpy as np
+import pytest
+
+from jaxvideo.demo import resolve_demo
+from jaxvideo.pipelines.sd import StableDiffusionPipeline
+from jaxvideo.request import build_request
+from jaxvideo.sampling import SAMPLERS, SCHEDULERS
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, monkeypatch_module):
+    monkeypatch_module.setenv("JAXVIDEO_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    return StableDiffusionPipeline(resolve_demo("demo:sd1-tiny"))
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def generate(pipeline, **fields):
+    req = build_request(
+        {
+            "prompt": "a fox",
+            "width": 64,
+            "height": 64,
+            "steps": 3,
+            "seed": 2,
+            "guidance_scale": 1.5,
+            **fields,
+        }
+    )
+    steps = []
+    image = pipeline.generate(req, progress=lambda i, n: steps.append((i, n))).images[0]
+    return image, steps
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_generates_with_its_default_schedule(pipeline, sampler):
+    image, steps = generate(pipeline, sampler=sampler, scheduler="default")
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_every_schedule_generates(pipeline, scheduler):
+    image, _ = generate(pipeline, sampler="euler", scheduler=scheduler)
+    assert image.shape == (64, 64, 3)
+
+
+def test_samplers_differ_from_each_other(pipeline):
+    a, _ = generate(pipeline, sampler="euler", scheduler="karras", steps=4)
+    b, _ = generate(pipeline, sampler="dpm++2m", scheduler="karras", steps=4)
+    assert not np.array_equal(a, b)
