@@ -46,6 +46,8 @@ class GenerationRequest:
     strength: float = 0.75
     # LoRA files (jaxvideo.lora.LoraSpec), already resolved inside the configured folder.
     loras: tuple[Any, ...] = ()
+    # Decode the VAE in overlapping tiles (jaxvideo.tiling.VaeTiling), for large images.
+    vae_tiling: Any = None
 
     def seeds(self) -> list[int]:
         """One seed per image: seed, seed+1, ... (the A1111 `all_seeds` convention)."""

@@ -35,6 +35,7 @@ from jaxvideo.sampling import (
     TrainingSchedule,
     make_sigmas,
 )
+from jaxvideo.tiling import tiled_decode
 from jaxvideo.weights import load_component, read_config
 
 ProgressFn = Callable[[int, int], None]
@@ -137,9 +138,20 @@ class StableDiffusionPipeline:
 
     @partial(jax.jit, static_argnums=(0,))
     def _decode(self, state, latents: jax.Array) -> jax.Array:
+        return _to_uint8(self._decode_float(state, latents))
+
+    @partial(jax.jit, static_argnums=(0,))
+    def _decode_float(self, state, latents: jax.Array) -> jax.Array:
         vae = nnx.merge(self._vae_def, state)
         z = latents / self.vae_scaling + self.vae_shift
-        return _to_uint8(vae.decode(z.astype(self.dtype)).astype(jnp.float32))
+        return vae.decode(z.astype(self.dtype)).astype(jnp.float32)
+
+    def decode(self, latents: jax.Array, tiling: Any = None) -> np.ndarray:
+        """Scaled latents -> (B, H, W, 3) uint8, in tiles when `tiling` is given."""
+        if tiling is None:
+            return np.asarray(self._decode(self._vae_state, latents))
+        images = tiled_decode(lambda z: self._decode_float(self._vae_state, z), latents, tiling)
+        return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
     @partial(jax.jit, static_argnums=(0,))
     def _encode(self, state, pixels: jax.Array, keys: jax.Array) -> jax.Array:
@@ -223,7 +235,7 @@ class StableDiffusionPipeline:
     ) -> np.ndarray:
         """Runs the sampler from unit `noise` (B, h, w, c) and decodes: (B, H, W, 3) uint8."""
         latents = self.sample_latents(noise, keys, req, progress, cancelled)
-        return np.asarray(self._decode(self._vae_state, latents))
+        return self.decode(latents, req.vae_tiling)
 
     def sample_latents(
         self,
