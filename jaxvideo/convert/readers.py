@@ -62,6 +62,14 @@ class TensorSource:
 
     __getitem__ = load
 
+    def shape(self, key: str) -> tuple[int, ...]:
+        """A tensor's shape without reading its data (config inference reads many of these)."""
+        path = self._owner[key]
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="numpy") as f:
+                return tuple(f.get_slice(key).get_shape())
+        return tuple(self._torch_dict(path)[key].shape)
+
 
 def _torch_to_numpy(t) -> np.ndarray:
     import torch
