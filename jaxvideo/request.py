@@ -48,6 +48,9 @@ class GenerationRequest:
     loras: tuple[Any, ...] = ()
     # Decode the VAE in overlapping tiles (jaxvideo.tiling.VaeTiling), for large images.
     vae_tiling: Any = None
+    # Client-given sigma schedule (descending, final 0 appended if missing); overrides
+    # `scheduler`, and `steps` becomes its length - 1.
+    custom_sigmas: tuple[float, ...] = ()
 
     def seeds(self) -> list[int]:
         """One seed per image: seed, seed+1, ... (the A1111 `all_seeds` convention)."""

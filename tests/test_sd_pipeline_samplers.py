@@ -55,3 +55,26 @@ def test_samplers_differ_from_each_other(pipeline):
     a, _ = generate(pipeline, sampler="euler", scheduler="karras", steps=4)
     b, _ = generate(pipeline, sampler="dpm++2m", scheduler="karras", steps=4)
     assert not np.array_equal(a, b)
+
+
+def test_custom_sigmas_replace_the_schedule(pipeline):
+    steps = []
+    req = build_request(
+        {
+            "prompt": "a fox",
+            "width": 64,
+            "height": 64,
+            "seed": 2,
+            "sampler": "euler",
+            "custom_sigmas": (14.6, 3.0, 0.5),
+        }
+    )
+    image = pipeline.generate(req, progress=lambda i, n: steps.append(n)).images[0]
+    assert image.shape == (64, 64, 3) and steps == [3, 3, 3]  # a final 0 was appended
+    from jaxvideo.errors import InvalidRequest
+
+    bad = build_request(
+        {"prompt": "a fox", "width": 64, "height": 64, "seed": 2, "custom_sigmas": (1.0, 2.0)}
+    )
+    with pytest.raises(InvalidRequest):
+        pipeline.generate(bad)

@@ -33,6 +33,7 @@ from jaxvideo.sampling import (
     SCHEDULE_FNS,
     SCHEDULER_ALIASES,
     TrainingSchedule,
+    custom_sigmas,
     make_sigmas,
 )
 from jaxvideo.tiling import tiled_decode
@@ -190,6 +191,17 @@ class StableDiffusionPipeline:
             raise InvalidRequest("this inpainting model needs an init_image and a mask_image")
         return sampler, scheduler
 
+    def sigmas(self, req: GenerationRequest, scheduler: str) -> np.ndarray:
+        """The full sigma schedule: the client's own, or `steps` from the named scheduler."""
+        try:
+            if req.custom_sigmas:
+                return custom_sigmas(req.custom_sigmas).astype(np.float32)
+            ays = {"family": "sdxl" if self.family == "sdxl" else "sd1"}
+            options = ays if scheduler == "ays" else {}
+            return make_sigmas(self.schedule, scheduler, req.steps, **options)
+        except ValueError as exc:  # bad custom sigmas, the lcm schedule's 50-step ceiling, ...
+            raise InvalidRequest(str(exc)) from exc
+
     def initial_noise(self, req: GenerationRequest) -> tuple[jax.Array, jax.Array]:
         """Unit-variance latent noise and per-image keys, one random stream per image seed."""
         keys = jax.vmap(jax.random.key)(jnp.asarray(req.seeds(), dtype=jnp.uint32))
@@ -264,17 +276,12 @@ class StableDiffusionPipeline:
         context, added = _batch_conditioning(cond, batch, use_cfg)
         guidance = jnp.float32(req.guidance_scale)
 
-        options = (
-            {"family": "sdxl" if self.family == "sdxl" else "sd1"} if scheduler == "ays" else {}
-        )
-        try:
-            sigmas = make_sigmas(self.schedule, scheduler, req.steps, **options)
-        except ValueError as exc:  # e.g. the lcm schedule's 50-step ceiling
-            raise InvalidRequest(str(exc)) from exc
+        sigmas = self.sigmas(req, scheduler)
         init_latents, blend_mask, extra = self._image_inputs(req, keys)
         if init_latents is not None and not (self.is_inpainting and req.strength >= 1.0):
             # img2img runs the last `strength` of the schedule from the noised init image.
-            start = req.steps - min(int(req.steps * req.strength), req.steps)
+            steps = len(sigmas) - 1
+            start = steps - min(int(steps * req.strength), steps)
             sigmas = sigmas[start:]
             latents = init_latents + noise * sigmas[0]
         else:
