@@ -41,6 +41,7 @@ from jaxvideo.lora import (  # noqa: E402
 )
 from jaxvideo.lora.targets import ldm_name, ldm_prefixes  # noqa: E402
 from jaxvideo.weights import load_component  # noqa: E402
+from tests import tiny_sd  # noqa: E402
 
 TOL = 1e-4
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "conv1", "ff.net.2"]
@@ -64,16 +65,7 @@ def _base_models() -> tuple[CLIPTextModel, UNet2DConditionModel]:
             pad_token_id=1,
         )
     ).eval()
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    ).eval()
+    unet = tiny_sd.unet().eval()
     with torch.no_grad():  # diffusers zero-inits some layers; noise everywhere
         for p in [*text.parameters(), *unet.parameters()]:
             p.add_(0.05 * torch.randn_like(p))

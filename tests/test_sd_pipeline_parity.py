@@ -13,93 +13,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from diffusers import EulerDiscreteScheduler
 from diffusers import StableDiffusionPipeline as TorchSDPipeline
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from jaxvideo.pipelines.sd import StableDiffusionPipeline
 from jaxvideo.request import build_request
-from jaxvideo.tokenizers import write_tiny_clip_tokenizer
+from tests import tiny_sd
 
 REPO = Path(__file__).resolve().parents[1]
 CONVERT = [sys.executable, str(REPO / "tools" / "convert_weights.py"), "--quiet"]
 
 
-def perturb(module: torch.nn.Module, scale: float = 0.05) -> None:
-    """Random weights everywhere: diffusers zero-inits conv_out, which would hide mapping bugs."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-
-
-def tiny_torch_pipeline(tokenizer_dir: Path, karras: bool) -> TorchSDPipeline:
-    torch.manual_seed(0)
-    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            hidden_act="quick_gelu",
-        )
-    )
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-    )
-    for m in (text_encoder, unet, vae):
-        perturb(m)
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        timestep_spacing="linspace",
-        use_karras_sigmas=karras,
-    )
-    return TorchSDPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sd1")
+    pipe = TorchSDPipeline(
+        **tiny_sd.components(root, "sd1"),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sd1")
-    write_tiny_clip_tokenizer(root / "tok")
-    pipe = tiny_torch_pipeline(root / "tok", karras=False)
-    pipe.save_pretrained(root / "src", safe_serialization=True)
-    out = subprocess.run(
-        CONVERT + [str(root / "src"), str(root / "dst")], capture_output=True, text=True, cwd=REPO
-    )
-    assert out.returncode == 0, out.stderr
+    tiny_sd.save_and_convert(pipe, root)
     return pipe, root
 
 

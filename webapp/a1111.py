@@ -13,14 +13,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from webapp.errors import invalid
+from webapp.images import decode_image
 from webapp.translate import (
     DEFAULT_NAMES,
     NOT_YET,
     SCHEDULER_ALIASES,
     Capabilities,
+    extra_args_fields,
     extract_extra_args,
-    load_extra_args,
-    sdcpp_fields,
 )
 
 # Native sampler name -> A1111 display name (native names the engine may grow into included,
@@ -144,6 +144,7 @@ def infotext_params(
     model: str,
     clip_skip: int,
     version: str,
+    denoising_strength: float | None = None,
 ) -> dict[str, object]:
     params: dict[str, object] = {
         "Steps": steps,
@@ -159,6 +160,8 @@ def infotext_params(
         "Size": f"{width}x{height}",
         "Model": model,
     }
+    if denoising_strength is not None:  # img2img only, where A1111 writes it
+        params["Denoising strength"] = f"{denoising_strength:g}"
     if clip_skip > 0:
         params["Clip skip"] = clip_skip
     params["Version"] = version
@@ -173,19 +176,25 @@ def _quote(value: object) -> str:
     return text
 
 
-# -- txt2img translation --------------------------------------------------------------------
+# -- txt2img / img2img translation ----------------------------------------------------------
 
 SDAPI_NAMES = {
     "batch_count": "batch_size",
     "guidance_scale": "cfg_scale",
     "sampler": "sampler_name",
+    "init_image": "init_images",
+    "mask_image": "mask",
+    "strength": "denoising_strength",
 }
 # On sdapi the outer request wins over an sd_cpp_extra_args block for these (the peer's rule).
-_OUTER_WINS = ("clip_skip", "sampler", "scheduler")
+_OUTER_WINS = ("clip_skip", "sampler", "scheduler", "init_image", "mask_image")
 
 
-def sdapi_fields(data: Mapping[str, Any], caps: Capabilities) -> tuple[dict[str, Any], dict]:
-    """`/sdapi/v1/txt2img` payload -> (client fields, output option updates)."""
+def sdapi_fields(
+    data: Mapping[str, Any], caps: Capabilities, *, img2img: bool = False
+) -> tuple[dict[str, Any], dict]:
+    """`/sdapi/v1/txt2img` (or, with `img2img`, `/sdapi/v1/img2img`) payload ->
+    (client fields, output option updates)."""
     data = {key: value for key, value in data.items() if value is not None}
     overrides = data.get("override_settings") or {}
     if data.get("lora"):
@@ -235,11 +244,13 @@ def sdapi_fields(data: Mapping[str, Any], caps: Capabilities) -> tuple[dict[str,
             raise invalid("override_settings.sd_model_checkpoint", "Not a valid string.")
         # A1111 titles look like "name [hash]"; the name is what identifies the model.
         fields["model"] = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", model)
+    if img2img:
+        fields.update(img2img_fields(data, caps))
     output: dict[str, Any] = {}
     if "embed_image_metadata" in data:
         output["embed_metadata"] = data["embed_image_metadata"]
     if block is not None:
-        block_fields, block_output = sdcpp_fields(load_extra_args(block), caps)
+        block_fields, block_output = extra_args_fields(block, caps)
         outer = {key: fields[key] for key in _OUTER_WINS if key in fields}
         fields.update(block_fields)
         fields.update(outer)
@@ -247,3 +258,26 @@ def sdapi_fields(data: Mapping[str, Any], caps: Capabilities) -> tuple[dict[str,
         if "embed_metadata" in block_output:
             output["embed_metadata"] = block_output["embed_metadata"]
     return fields, output
+
+
+def img2img_fields(data: Mapping[str, Any], caps: Capabilities) -> dict[str, Any]:
+    """The img2img part of an sdapi payload: init image, mask and denoising strength.
+
+    Only `init_images[0]` is used (A1111 cycles several over a batch; one init image per
+    request is what the pipeline takes). `resize_mode`, `mask_blur`, `inpainting_fill`,
+    `inpaint_full_res`, ... are accepted and ignored: the pipeline resizes the init image to
+    the output size and blends the mask at latent resolution.
+    """
+    images = data.get("init_images") or []
+    if not images or not images[0]:
+        raise invalid("init_images", "at least one init image is required")
+    fields: dict[str, Any] = {
+        "init_image": decode_image(images[0], "init_images[0]", caps.limits),
+    }
+    if data.get("mask"):
+        mask = decode_image(data["mask"], "mask", caps.limits, "mask")
+        # A1111's "inpaint not masked": repaint what the mask leaves out.
+        fields["mask_image"] = 255 - mask if data.get("inpainting_mask_invert") else mask
+    if "denoising_strength" in data:
+        fields["strength"] = min(max(float(data["denoising_strength"]), 0.0), 1.0)
+    return fields

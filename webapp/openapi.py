@@ -18,6 +18,7 @@ class RouteDoc(NamedTuple):
     response: type[Schema] | Schema | None
     summary: str
     status: int = 200
+    content_type: str = "application/json"  # of the request body
 
 
 def build_openapi(routes: Iterable[RouteDoc], version: str, auth: bool) -> dict[str, Any]:
@@ -41,7 +42,7 @@ def build_openapi(routes: Iterable[RouteDoc], version: str, auth: bool) -> dict[
         if route.request is not None:
             operation["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": route.request}},
+                "content": {route.content_type: {"schema": route.request}},
             }
         params = re.findall(r"{(\w+)}", route.path)
         if params:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flask import current_app
@@ -22,7 +22,7 @@ from jaxvideo.results import ModelInfo
 from webapp import a1111
 from webapp.errors import ApiError, invalid
 from webapp.jobs import CANCELLED, CANCELLED_BY_SHUTDOWN, COMPLETED, JobTable, JobView
-from webapp.translate import Capabilities, OutputOptions, check_request
+from webapp.translate import Capabilities, OutputOptions, check_request, image_fields
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class ImageResult:
     model: str
     infotexts: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    img2img: bool = False  # the request had an init image (`request` drops the pixels)
 
 
 class Service:
@@ -68,12 +69,14 @@ class Service:
     def resolve(
         self, fields: Mapping[str, Any], names: Mapping[str, str] | None = None
     ) -> GenerationRequest:
-        """Client fields > operator `default_request` > family defaults, then the limits."""
+        """Client fields > operator `default_request` > family defaults, then the limits.
+
+        An init image's size stands in for a width/height the client did not send."""
         info = self.model_info(fields.get("model", self.config.default_request.get("model")))
         mode = fields.get("mode", "img_gen")
         if mode not in info.modes:
             raise invalid("model", f"model {info.name!r} cannot serve {mode}", code="wrong_mode")
-        client = {**fields, "model": info.name, "mode": mode}
+        client = {**image_fields(fields, self.caps, names), "model": info.name, "mode": mode}
         try:
             request = build_request(
                 client, self.config.default_request, self.family_defaults(info.name)
@@ -107,8 +110,16 @@ class Service:
                 chunks = {"parameters": text} if output.embed_metadata else None
                 data = encode_image(pixels, output.output_format, output.quality, chunks)
                 images.append(EncodedImage(index, data, int(seed)))
+            # Finished jobs are kept for `job_retention_s`; the input pixels need not be.
+            echo = replace(request, init_image=None, mask_image=None)
             return ImageResult(
-                images, output.output_format, request, request.model, infotexts, result.info
+                images,
+                output.output_format,
+                echo,
+                request.model,
+                infotexts,
+                result.info,
+                img2img=request.init_image is not None,
             )
 
         return self.jobs.submit(request.mode, run)
@@ -141,6 +152,7 @@ class Service:
             height=request.height,
             model=request.model or "",
             clip_skip=request.clip_skip,
+            denoising_strength=request.strength if request.init_image is not None else None,
             version=f"jaxvideo {self.version}",
         )
         return a1111.infotext(request.prompt, request.negative_prompt, params)

@@ -18,6 +18,7 @@ from jaxvideo.config import ServerConfig
 from jaxvideo.media import IMAGE_FORMATS
 from jaxvideo.request import GenerationRequest
 from webapp.errors import ApiError, invalid
+from webapp.images import decode_image, fit_size
 from webapp.schemas.common import load
 from webapp.schemas.sdcpp import ImgGenSchema
 
@@ -72,13 +73,33 @@ def load_extra_args(block: Mapping[str, Any]) -> dict[str, Any]:
         raise ApiError(400, f"invalid sd_cpp_extra_args: {exc.message}", param=param) from exc
 
 
+def extra_args_fields(block: Mapping[str, Any], caps: Capabilities) -> tuple[dict, dict]:
+    """An `sd_cpp_extra_args` block -> (client fields, output option updates); every error
+    names its field as `sd_cpp_extra_args.<field>`."""
+    data = load_extra_args(block)
+    try:
+        return sdcpp_fields(data, caps)
+    except ApiError as exc:
+        if not exc.param:
+            raise
+        param = f"sd_cpp_extra_args.{exc.param}"
+        raise ApiError(
+            400, f"invalid sd_cpp_extra_args: {exc.message}", code=exc.code, param=param
+        ) from exc
+
+
 def sdcpp_fields(data: Mapping[str, Any], caps: Capabilities) -> tuple[dict[str, Any], dict]:
     """Native img_gen payload -> (client fields, output option updates)."""
     reject_unsupported(data)
     fields: dict[str, Any] = {}
-    for key in ("model", "prompt", "negative_prompt", "width", "height", "seed"):
+    for key in ("model", "prompt", "negative_prompt", "width", "height", "seed", "strength"):
         if key in data:
             fields[key] = data[key]
+    # Empty strings and nulls mean "no image", as in the peer.
+    if data.get("init_image"):
+        fields["init_image"] = decode_image(data["init_image"], "init_image", caps.limits)
+    if data.get("mask_image"):
+        fields["mask_image"] = decode_image(data["mask_image"], "mask_image", caps.limits, "mask")
     if data.get("clip_skip", 0) > 0:  # <= 0 means "the model's default", as in the peer
         fields["clip_skip"] = data["clip_skip"]
     if "batch_count" in data:
@@ -110,10 +131,10 @@ def sdcpp_fields(data: Mapping[str, Any], caps: Capabilities) -> tuple[dict[str,
 def reject_unsupported(data: Mapping[str, Any]) -> None:
     """Fields that would change the output but are not implemented yet answer 400 by name.
 
-    Fields that only matter together with one of these (strength, img_cfg, control_strength,
+    Fields that only matter together with one of these (img_cfg, control_strength,
     cache_option, ...) are type-checked and accepted.
     """
-    for key in ("init_image", "mask_image", "control_image", "ref_images", "lora"):
+    for key in ("control_image", "ref_images", "lora"):
         if data.get(key):
             raise invalid(key, NOT_YET, code="unsupported")
     if (data.get("vae_tiling_params") or {}).get("enabled"):
@@ -129,6 +150,26 @@ def reject_unsupported(data: Mapping[str, Any]) -> None:
         raise invalid("sample_params.flow_shift", NOT_YET, code="unsupported")
     if ((params.get("guidance") or {}).get("slg") or {}).get("scale"):
         raise invalid("sample_params.guidance.slg.scale", NOT_YET, code="unsupported")
+
+
+def image_fields(
+    fields: Mapping[str, Any], caps: Capabilities, names: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Completes the client fields of an img2img request: a mask needs an init image, and a
+    size the client did not send is the init image's (rounded down to a multiple of 8 and
+    clamped into the limits), as in the peer. The init image counts as client input, so its
+    size wins over operator and family defaults."""
+    fields = dict(fields)
+    init = fields.get("init_image")
+    if init is None:
+        if fields.get("mask_image") is not None:
+            param = (names or {}).get("mask_image", "mask_image")
+            raise invalid(param, "a mask needs an init image")
+        return fields
+    width, height = fit_size(init.shape[1], init.shape[0], caps.limits)
+    fields.setdefault("width", width)
+    fields.setdefault("height", height)
+    return fields
 
 
 def sampler_name(name: str | None, caps: Capabilities, param: str) -> str | None:
@@ -207,11 +248,14 @@ def check_request(
         )
     if not 1 <= request.steps <= limits.max_steps:
         raise invalid(name("steps"), f"must be within [1, {limits.max_steps}], got {request.steps}")
+    if not 0.0 <= request.strength <= 1.0:
+        raise invalid(name("strength"), f"must be within [0, 1], got {request.strength}")
     if request.guidance_scale < 0:
         raise invalid(name("guidance_scale"), f"must be >= 0, got {request.guidance_scale}")
     if request.sampler not in caps.samplers:
         raise invalid(name("sampler"), f"unknown sampler {request.sampler!r}")
-    if request.scheduler not in caps.schedulers:
+    # "default" (the family default): the pipeline picks the sampler's own schedule.
+    if request.scheduler not in caps.schedulers and request.scheduler != "default":
         raise invalid(name("scheduler"), f"unknown scheduler {request.scheduler!r}")
 
 
@@ -276,7 +320,7 @@ def openai_fields(
     if "output_compression" in data:
         output["quality"] = min(max(data["output_compression"], 0), 100)
     if block is not None:
-        block_fields, block_output = sdcpp_fields(load_extra_args(block), caps)
+        block_fields, block_output = extra_args_fields(block, caps)
         fields.update(block_fields)
         output.update(block_output)
     return fields, apply_output(OutputOptions(), output)

@@ -106,6 +106,14 @@ def test_health_and_openapi(server):
     assert server.get("/health").json()["status"] == "ok"
     spec = server.get("/openapi.json").json()
     assert spec["openapi"].startswith("3.")
-    for path in ("/v1/images/generations", "/sdapi/v1/txt2img", "/sdcpp/v1/img_gen"):
+    for path in (
+        "/v1/images/generations",
+        "/v1/images/edits",
+        "/sdapi/v1/txt2img",
+        "/sdapi/v1/img2img",
+        "/sdcpp/v1/img_gen",
+    ):
         assert "post" in spec["paths"][path]
     assert "ImgGen" in spec["components"]["schemas"]
+    edits = spec["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]
+    assert list(edits) == ["multipart/form-data"]

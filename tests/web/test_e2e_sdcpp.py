@@ -37,8 +37,9 @@ def test_capabilities_describe_this_server(server):
     assert caps["output_formats"] == ["png", "jpeg", "webp"]
     assert caps["samplers"] == ["euler", "euler_a"]
     features = caps["features_by_mode"]["img_gen"]
-    assert features["cancel_queued"] and features["cancel_generating"]
-    assert not any(v for k, v in features.items() if not k.startswith("cancel_"))
+    working = {"cancel_queued", "cancel_generating", "init_image", "mask_image"}
+    assert all(features[k] for k in working)
+    assert not any(v for k, v in features.items() if k not in working)
     assert caps["limits"]["max_queue_size"] == 4 and caps["limits"]["max_width"] == 512
     assert caps["loras"] == []
 

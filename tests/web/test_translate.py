@@ -309,6 +309,7 @@ def test_sdcpp_fields_map_the_native_request():
         "width": 64,
         "height": 64,
         "seed": -1,
+        "strength": 0.75,
         "batch_count": CAPS.limits.max_batch_count,  # clamped
         "sampler": "euler_a",
         "steps": 3,
@@ -320,8 +321,6 @@ def test_sdcpp_fields_map_the_native_request():
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"init_image": "aGk="}, "init_image"),
-        ({"mask_image": "aGk="}, "mask_image"),
         ({"control_image": "aGk="}, "control_image"),
         ({"ref_images": ["aGk="]}, "ref_images"),
         ({"lora": [{"path": "x.safetensors"}]}, "lora"),

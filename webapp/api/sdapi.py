@@ -1,4 +1,4 @@
-"""The AUTOMATIC1111-compatible surface: synchronous txt2img and the discovery endpoints."""
+"""The AUTOMATIC1111-compatible surface: synchronous txt2img/img2img and discovery endpoints."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from webapp.http import json_body
 from webapp.openapi import RouteDoc
 from webapp.schemas.common import load
 from webapp.schemas.sdapi import (
+    Img2ImgSchema,
     LoraFileSchema,
     OptionsSchema,
     SamplerSchema,
@@ -31,6 +32,7 @@ bp = Blueprint("sdapi", __name__, url_prefix="/sdapi/v1")
 
 DOCS = (
     RouteDoc("/sdapi/v1/txt2img", "post", Txt2ImgSchema, Txt2ImgResponseSchema, "Text to image"),
+    RouteDoc("/sdapi/v1/img2img", "post", Img2ImgSchema, Txt2ImgResponseSchema, "Image to image"),
     RouteDoc("/sdapi/v1/samplers", "get", None, SamplerSchema(many=True), "A1111 sampler names"),
     RouteDoc("/sdapi/v1/schedulers", "get", None, SchedulerSchema(many=True), "Schedulers"),
     RouteDoc("/sdapi/v1/sd-models", "get", None, SdModelSchema(many=True), "Served models"),
@@ -41,15 +43,28 @@ DOCS = (
 
 @bp.post("/txt2img")
 def txt2img() -> Response:
-    svc = service()
     data = load(Txt2ImgSchema(), json_body(), unknown=EXCLUDE)
-    fields, output = a1111.sdapi_fields(data, svc.caps)
+    return _generate(data, img2img=False)
+
+
+@bp.post("/img2img")
+def img2img() -> Response:
+    data = load(Img2ImgSchema(), json_body(), unknown=EXCLUDE)
+    return _generate(data, img2img=True)
+
+
+def _generate(data: dict[str, Any], img2img: bool) -> Response:
+    svc = service()
+    fields, output = a1111.sdapi_fields(data, svc.caps, img2img=img2img)
     request = svc.resolve({**fields, "mode": "img_gen"}, a1111.SDAPI_NAMES)
     # A1111 clients expect PNG (with the `parameters` chunk unless told otherwise).
     result = svc.generate_images(request, apply_output(OutputOptions(), output))
     images = [base64.b64encode(image.data).decode("ascii") for image in result.images]
     if data.get("send_images") is False:
         images = []
+    if img2img and not data.get("include_init_images"):
+        # A1111 does not echo the (large) input images unless asked to.
+        data = {**data, "init_images": None, "mask": None}
     return jsonify({"images": images, "parameters": data, "info": json.dumps(info(result))})
 
 
@@ -74,6 +89,7 @@ def info(result: ImageResult) -> dict[str, Any]:
         "scheduler": request.scheduler,
         "clip_skip": request.clip_skip,
         "eta": request.eta,
+        "denoising_strength": request.strength if result.img2img else None,
         "batch_size": request.batch_count,
         "index_of_first_image": 0,
         "infotexts": result.infotexts,

@@ -27,8 +27,8 @@ SDCPP_NAMES = {
 }
 # A feature is advertised only when it really works on this server.
 IMG_FEATURES = {
-    "init_image": False,
-    "mask_image": False,
+    "init_image": True,
+    "mask_image": True,
     "control_image": False,
     "ref_images": False,
     "lora": False,
@@ -137,7 +137,7 @@ def image_defaults(svc: Service, model: str) -> dict[str, Any]:
         "clip_skip": req.clip_skip,
         "width": req.width,
         "height": req.height,
-        "strength": 0.75,
+        "strength": req.strength,
         "seed": merged.get("seed", -1),
         "batch_count": req.batch_count,
         "auto_resize_ref_image": True,

@@ -37,6 +37,19 @@ class Num(fields.Float):
         return super()._validated(value)
 
 
+class Flag(fields.Field):
+    """A boolean sent as `true`/`false` or as the integers 0/1 (A1111 uses both)."""
+
+    default_error_messages = {"invalid": "Not a valid boolean or 0/1."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise self.make_error("invalid")
+
+
 def load(schema: Schema, data: Any, *, unknown: str | None = None) -> dict[str, Any]:
     """Loads `data`; any validation error becomes a 400 naming the first offending field."""
     if not isinstance(data, Mapping):

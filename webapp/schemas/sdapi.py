@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields
 
-from webapp.schemas.common import Int, Num
+from webapp.schemas.common import Flag, Int, Num
 
 
 class LoraEntrySchema(Schema):
@@ -40,6 +40,31 @@ class Txt2ImgSchema(Schema):
     send_images = fields.Boolean(allow_none=True)
     save_images = fields.Boolean(allow_none=True)
     embed_image_metadata = fields.Boolean(allow_none=True)
+
+
+class Img2ImgSchema(Txt2ImgSchema):
+    init_images = fields.List(
+        fields.String(), metadata={"description": "base64 or data URL images; the first is used"}
+    )
+    mask = fields.String(
+        allow_none=True,
+        metadata={"description": "base64 or data URL; white (or opaque) = repaint"},
+    )
+    inpainting_mask_invert = Flag(
+        allow_none=True, metadata={"description": "0/1 or boolean: repaint the unmasked part"}
+    )
+    denoising_strength = Num(allow_none=True, metadata={"description": "clamped to 0..1"})
+    include_init_images = fields.Boolean(
+        allow_none=True, metadata={"description": "echo init_images and mask in parameters"}
+    )
+    # A1111 clients send these; they are accepted and ignored (any type).
+    resize_mode = fields.Raw(allow_none=True, metadata={"description": "ignored"})
+    mask_blur = fields.Raw(allow_none=True, metadata={"description": "ignored"})
+    inpainting_fill = fields.Raw(allow_none=True, metadata={"description": "ignored"})
+    inpaint_full_res = fields.Raw(allow_none=True, metadata={"description": "ignored"})
+    inpaint_full_res_padding = fields.Raw(allow_none=True, metadata={"description": "ignored"})
+    image_cfg_scale = fields.Raw(allow_none=True, metadata={"description": "ignored"})
+    initial_noise_multiplier = fields.Raw(allow_none=True, metadata={"description": "ignored"})
 
 
 class Txt2ImgResponseSchema(Schema):
