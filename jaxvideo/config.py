@@ -20,7 +20,7 @@ import yaml
 
 from jaxvideo.request import GenerationRequest
 
-FAMILIES = ("sd1", "sd2", "sdxl", "wan21", "wan22")
+FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner", "wan21", "wan22")
 DTYPES = ("fp32", "fp16", "bf16")
 MESH_AXES = ("data", "fsdp", "tensor", "context")
 DEMO_PREFIX = "demo:"

@@ -17,6 +17,7 @@ from typing import Any
 from jaxvideo.demo import DEMO_PREFIX, resolve_demo
 from jaxvideo.errors import InvalidRequest
 from jaxvideo.pipelines import PIPELINES
+from jaxvideo.pipelines.refine import generate_with_refiner
 from jaxvideo.request import GenerationRequest
 from jaxvideo.results import GenerationResult, ModelInfo
 
@@ -100,5 +101,10 @@ class Engine:
         cancelled: Callable[[], bool] | None = None,
     ) -> GenerationResult:
         pipeline = self._pipelines[self.model_info(request.model).name]
+        refiner = None
+        if request.refiner:
+            refiner = self._pipelines[self.model_info(request.refiner).name]
         with self._lock:
+            if refiner is not None:
+                return generate_with_refiner(pipeline, refiner, request, progress, cancelled)
             return pipeline.generate(request, progress=progress, cancelled=cancelled)

@@ -51,6 +51,10 @@ class GenerationRequest:
     # Client-given sigma schedule (descending, final 0 appended if missing); overrides
     # `scheduler`, and `steps` becomes its length - 1.
     custom_sigmas: tuple[float, ...] = ()
+    # SDXL ensemble of experts: hand the latents to this (refiner) model once `refiner_switch`
+    # of the noise schedule is done (A1111's refiner_checkpoint / refiner_switch_at).
+    refiner: str | None = None
+    refiner_switch: float = 0.8
 
     def seeds(self) -> list[int]:
         """One seed per image: seed, seed+1, ... (the A1111 `all_seeds` convention)."""

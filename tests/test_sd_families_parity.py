@@ -175,3 +175,62 @@ def test_mask_blending_keeps_the_unmasked_region(tmp_path):
     half = SIZE // 16
     np.testing.assert_allclose(latents[:, :, half:], init_latents[:, :, half:], atol=1e-6)
     assert np.abs(latents[:, :, :half] - init_latents[:, :, :half]).mean() > 0.1
+
+
+def test_sdxl_base_then_refiner_matches_diffusers_ensemble_of_experts(tmp_path):
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    from jaxvideo.pipelines.refine import generate_with_refiner
+
+    base = StableDiffusionXLPipeline(
+        **tiny_sd.components(tmp_path / "base", "sdxl"), add_watermarker=False
+    )
+    parts = tiny_sd.components(tmp_path / "refiner", "sdxl")
+    unet = tiny_sd.unet(
+        cross_attention_dim=32,  # text_encoder_2 alone
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=5 * 8 + 24,  # 5 time ids incl. aesthetic score
+        transformer_layers_per_block=(1, 2),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+    )
+    tiny_sd.perturb(unet)
+    refiner = StableDiffusionXLImg2ImgPipeline(
+        vae=parts["vae"],
+        text_encoder=None,
+        text_encoder_2=parts["text_encoder_2"],
+        tokenizer=None,
+        tokenizer_2=parts["tokenizer_2"],
+        unet=unet,
+        scheduler=parts["scheduler"],
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
+    ours_base = JaxPipeline(tiny_sd.save_and_convert(base, tmp_path / "base"))
+    ours_refiner = JaxPipeline(tiny_sd.save_and_convert(refiner, tmp_path / "refiner"))
+    assert ours_refiner.family == "sdxl_refiner"
+
+    req = request(steps=10, refiner="refiner", refiner_switch=0.6)
+    noise, _ = ours_base.initial_noise(req)
+    ours = generate_with_refiner(ours_base, ours_refiner, req).images[0]
+    latents = base(
+        prompt=req.prompt,
+        height=SIZE,
+        width=SIZE,
+        num_inference_steps=10,
+        guidance_scale=5.0,
+        latents=nchw(noise),
+        denoising_end=0.6,
+        output_type="latent",
+    ).images
+    ref = refiner(
+        prompt=req.prompt,
+        image=latents,
+        num_inference_steps=10,
+        denoising_start=0.6,
+        guidance_scale=5.0,
+        output_type="np",
+    ).images
+    assert_close_u8(ours[None], ref)

@@ -95,7 +95,8 @@ def detect_family(index: dict[str, Any], dst: Path) -> str:
     (plain GELU, where SD 1.x's CLIP ViT-L uses quick GELU) or 1024-wide cross-attention."""
     unet = json.loads((dst / "unet" / CONFIG_FILE).read_text())
     if "XL" in str(index.get("_class_name", "")) or unet.get("addition_embed_type") == "text_time":
-        return "sdxl"
+        # The refiner conditions on text_encoder_2 alone.
+        return "sdxl" if (dst / "text_encoder" / CONFIG_FILE).is_file() else "sdxl_refiner"
     text_config_path = dst / "text_encoder" / CONFIG_FILE
     text = json.loads(text_config_path.read_text()) if text_config_path.is_file() else {}
     if text.get("hidden_act") == "gelu" or unet.get("cross_attention_dim") == 1024:

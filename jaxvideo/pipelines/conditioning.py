@@ -136,4 +136,46 @@ class SDXLConditioner:
         return Conditioning(context, (pooled, time_ids))
 
 
-CONDITIONERS = {"sd1": ClipConditioner, "sd2": ClipConditioner, "sdxl": SDXLConditioner}
+class SDXLRefinerConditioner:
+    """The SDXL refiner: only the second (OpenCLIP bigG) encoder, and an aesthetic score in
+    place of the crop/target-size time ids. Empty negative prompts are encoded, not zeroed
+    (the refiner's force_zeros_for_empty_prompt is false)."""
+
+    AESTHETIC_SCORE = 6.0
+    NEGATIVE_AESTHETIC_SCORE = 2.5
+
+    def __init__(self, model_dir: Path, dtype: str):
+        self.encoder_2 = _Encoder(model_dir, "tokenizer_2", "text_encoder_2", dtype)
+
+    def states(self) -> dict[str, nnx.State]:
+        return {"text_encoder_2": self.encoder_2.state}
+
+    def __call__(
+        self,
+        prompt: str,
+        negative_prompt: str,
+        clip_skip: int,
+        width: int,
+        height: int,
+        states: dict[str, nnx.State] | None = None,
+    ) -> Conditioning:
+        skip_layers = max(clip_skip, 2) - 1
+        hidden, pooled = self.encoder_2(
+            [negative_prompt, prompt], skip_layers, False, (states or {}).get("text_encoder_2")
+        )
+        time_ids = jnp.asarray(
+            [
+                [height, width, 0, 0, self.NEGATIVE_AESTHETIC_SCORE],
+                [height, width, 0, 0, self.AESTHETIC_SCORE],
+            ],
+            jnp.float32,
+        )
+        return Conditioning(hidden, (pooled, time_ids))
+
+
+CONDITIONERS = {
+    "sd1": ClipConditioner,
+    "sd2": ClipConditioner,
+    "sdxl": SDXLConditioner,
+    "sdxl_refiner": SDXLRefinerConditioner,
+}

@@ -55,6 +55,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "sd1": {**_COMMON_DEFAULTS, "width": 512, "height": 512},
     "sd2": {**_COMMON_DEFAULTS, "width": 768, "height": 768},
     "sdxl": {**_COMMON_DEFAULTS, "width": 1024, "height": 1024, "guidance_scale": 5.0},
+    "sdxl_refiner": {**_COMMON_DEFAULTS, "width": 1024, "height": 1024, "guidance_scale": 5.0},
 }
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -256,8 +257,15 @@ class StableDiffusionPipeline:
         req: GenerationRequest,
         progress: ProgressFn | None = None,
         cancelled: CancelledFn | None = None,
+        *,
+        sigmas: np.ndarray | None = None,
+        start: jax.Array | None = None,
     ) -> jax.Array:
-        """The sampler alone: unit `noise` (B, h, w, c) -> final scaled latents."""
+        """The sampler alone: unit `noise` (B, h, w, c) -> final scaled latents.
+
+        `sigmas` replaces the request's schedule (a stage of it); `start` gives latents already
+        at `sigmas[0]` (a refiner continuing a base model's run) instead of noise or an image.
+        """
         sampler, scheduler = self.validate(req)
         if cancelled is not None and cancelled():
             raise Cancelled()
@@ -276,9 +284,13 @@ class StableDiffusionPipeline:
         context, added = _batch_conditioning(cond, batch, use_cfg)
         guidance = jnp.float32(req.guidance_scale)
 
-        sigmas = self.sigmas(req, scheduler)
-        init_latents, blend_mask, extra = self._image_inputs(req, keys)
-        if init_latents is not None and not (self.is_inpainting and req.strength >= 1.0):
+        sigmas = self.sigmas(req, scheduler) if sigmas is None else sigmas
+        init_latents, blend_mask, extra = (None, None, None)
+        if start is None:
+            init_latents, blend_mask, extra = self._image_inputs(req, keys)
+        if start is not None:
+            latents = start
+        elif init_latents is not None and not (self.is_inpainting and req.strength >= 1.0):
             # img2img runs the last `strength` of the schedule from the noised init image.
             steps = len(sigmas) - 1
             start = steps - min(int(steps * req.strength), steps)
