@@ -51,6 +51,8 @@ class GenerationRequest:
     # Client-given sigma schedule (descending, final 0 appended if missing); overrides
     # `scheduler`, and `steps` becomes its length - 1.
     custom_sigmas: tuple[float, ...] = ()
+    # sd.cpp's timestep shift for distilled SDXL checkpoints (0 = off, else 1..1000).
+    shifted_timestep: int = 0
     # SDXL ensemble of experts: hand the latents to this (refiner) model once `refiner_switch`
     # of the noise schedule is done (A1111's refiner_checkpoint / refiner_switch_at).
     refiner: str | None = None

@@ -78,3 +78,47 @@ def test_custom_sigmas_replace_the_schedule(pipeline):
     )
     with pytest.raises(InvalidRequest):
         pipeline.generate(bad)
+
+
+def test_shifted_timestep_feeds_the_unet_the_shifted_time(pipeline):
+    """x0 = c_skip * x + c_out * eps(x / sqrt(sigma^2 + 1), t'), as sd.cpp defines the shift."""
+    import jax.numpy as jnp
+
+    from jaxvideo.sampling import shifted_timestep
+
+    sigma, shift = 5.0, 500
+    s = shifted_timestep(pipeline.schedule, sigma, shift)
+    t, c_skip, c_out = pipeline._timestep(sigma, shift)
+    assert (t, c_skip, c_out) == (s.t, s.c_skip, s.c_out) and t < 1000 * shift / 1000
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((1, 8, 8, 4)), jnp.float32)
+    ctx = pipeline.conditioner("a fox", "", -1, 64, 64).context[1:]
+    got = pipeline._denoise(
+        pipeline._unet_state,
+        x * c_skip,
+        jnp.float32(-c_out),
+        jnp.float32(t),
+        jnp.float32(c_out),
+        ctx,
+        None,
+        None,
+        jnp.float32(1.0),
+        False,
+        False,
+    )
+    unet = pipeline._unet_def, pipeline._unet_state
+    from flax import nnx
+
+    eps = nnx.merge(*unet)(x / np.sqrt(sigma**2 + 1), jnp.full((1,), t), ctx)
+    np.testing.assert_allclose(got, c_skip * x + c_out * eps, atol=1e-5)
+    req = build_request(
+        {
+            "prompt": "a fox",
+            "width": 64,
+            "height": 64,
+            "steps": 2,
+            "seed": 2,
+            "shifted_timestep": shift,
+        }
+    )
+    assert pipeline.generate(req).images[0].shape == (64, 64, 3)

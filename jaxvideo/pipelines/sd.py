@@ -35,6 +35,7 @@ from jaxvideo.sampling import (
     TrainingSchedule,
     custom_sigmas,
     make_sigmas,
+    shifted_timestep,
 )
 from jaxvideo.tiling import tiled_decode
 from jaxvideo.weights import load_component, read_config
@@ -105,14 +106,16 @@ class StableDiffusionPipeline:
 
     # --- compiled pieces -------------------------------------------------------------------
 
-    @partial(jax.jit, static_argnums=(0, 9, 10))
+    @partial(jax.jit, static_argnums=(0, 10, 11))
     def _denoise(
-        self, state, x, sigma, t, context, added, extra, guidance, use_cfg: bool, with_uncond: bool
+        self, state, x, sigma, t, c_out, context, added, extra, guidance, use_cfg, with_uncond
     ):
         """k-diffusion denoiser around an epsilon- or v-prediction UNet, with CFG.
 
         `extra` (B, h, w, 5) holds an inpainting UNet's mask + masked-image latents, else None.
         With `with_uncond` it returns (guided, unconditional) x0 predictions (CFG++ samplers).
+        `c_out` is -sigma, except under a timestep shift, where x0 = c_skip * x + c_out * eps
+        and the caller folds c_skip into `x` (see `shifted_timestep`).
         """
         unet = nnx.merge(self._unet_def, state)
         c_in = 1.0 / jnp.sqrt(sigma**2 + 1.0)
@@ -129,14 +132,14 @@ class StableDiffusionPipeline:
             out_uncond, out_cond = jnp.split(out, 2)
             out = out_uncond + guidance * (out_cond - out_uncond)
         if with_uncond:
-            return self._to_x0(x, sigma, out), self._to_x0(x, sigma, out_uncond)
-        return self._to_x0(x, sigma, out)
+            return self._to_x0(x, sigma, c_out, out), self._to_x0(x, sigma, c_out, out_uncond)
+        return self._to_x0(x, sigma, c_out, out)
 
-    def _to_x0(self, x: jax.Array, sigma: jax.Array, out: jax.Array) -> jax.Array:
+    def _to_x0(self, x: jax.Array, sigma: jax.Array, c_out, out: jax.Array) -> jax.Array:
         if self.schedule.prediction_type == "v_prediction":
             # x0 = c_skip * x + c_out * v with sigma_data = 1 (k-diffusion's VDenoiser).
             return x / (sigma**2 + 1.0) - out * sigma / jnp.sqrt(sigma**2 + 1.0)
-        return x - sigma * out
+        return x + c_out * out
 
     @partial(jax.jit, static_argnums=(0,))
     def _decode(self, state, latents: jax.Array) -> jax.Array:
@@ -184,6 +187,10 @@ class StableDiffusionPipeline:
             )
         if req.steps < 1:
             raise InvalidRequest("steps must be at least 1")
+        if req.shifted_timestep and self.schedule.prediction_type != "epsilon":
+            raise InvalidRequest("shifted_timestep applies to epsilon-prediction models only")
+        if not 0 <= req.shifted_timestep <= self.schedule.num_train_timesteps:
+            raise InvalidRequest("shifted_timestep must be within [0, 1000]")
         if not 0.0 <= req.strength <= 1.0:
             raise InvalidRequest("strength must be within [0, 1]")
         if req.mask_image is not None and req.init_image is None:
@@ -191,6 +198,18 @@ class StableDiffusionPipeline:
         if self.is_inpainting and req.init_image is None:
             raise InvalidRequest("this inpainting model needs an init_image and a mask_image")
         return sampler, scheduler
+
+    def _timestep(self, sigma: float, shift: int) -> tuple[float, float, float]:
+        """(t, c_skip, c_out) for the UNet at `sigma`; sd.cpp's shifted timestep when shift > 0.
+
+        The shift reads the latent at sigma as one at the shifted sigma' = -c_out: the UNet
+        still sees x / sqrt(sigma^2 + 1), and x0 = c_skip * x + c_out * eps. The denoiser gets
+        x * c_skip at sigma', which gives exactly that input and that x0.
+        """
+        if shift <= 0:
+            return float(self.schedule.sigma_to_t(np.float64(sigma))), 1.0, -float(sigma)
+        shifted = shifted_timestep(self.schedule, float(sigma), shift)
+        return shifted.t, shifted.c_skip, shifted.c_out
 
     def sigmas(self, req: GenerationRequest, scheduler: str) -> np.ndarray:
         """The full sigma schedule: the client's own, or `steps` from the named scheduler."""
@@ -309,12 +328,13 @@ class StableDiffusionPipeline:
         def model(x: jax.Array, sigma: float, return_uncond: bool = False):
             if blend_mask is not None:  # keep the unmasked region on the init image's path
                 x = x * blend_mask + (init_latents + noise * sigma) * (1 - blend_mask)
-            t = float(self.schedule.sigma_to_t(np.float64(sigma)))
+            t, c_skip, c_out = self._timestep(sigma, req.shifted_timestep)
             out = self._denoise(
                 unet_state,
-                x,
-                jnp.float32(sigma),
+                x * c_skip,
+                jnp.float32(-c_out),
                 jnp.float32(t),
+                jnp.float32(c_out),
                 context,
                 added,
                 extra,
