@@ -17,6 +17,7 @@ from typing import Any
 from jaxvideo.demo import DEMO_PREFIX, resolve_demo
 from jaxvideo.errors import InvalidRequest
 from jaxvideo.pipelines import PIPELINES
+from jaxvideo.pipelines.hires import generate_with_hires
 from jaxvideo.pipelines.refine import generate_with_refiner
 from jaxvideo.request import GenerationRequest
 from jaxvideo.results import GenerationResult, ModelInfo
@@ -106,5 +107,9 @@ class Engine:
             refiner = self._pipelines[self.model_info(request.refiner).name]
         with self._lock:
             if refiner is not None:
+                if request.hires is not None:
+                    raise InvalidRequest("hires fix and a refiner cannot be combined yet")
                 return generate_with_refiner(pipeline, refiner, request, progress, cancelled)
+            if request.hires is not None:
+                return generate_with_hires(pipeline, request, progress, cancelled)
             return pipeline.generate(request, progress=progress, cancelled=cancelled)

@@ -57,6 +57,8 @@ class GenerationRequest:
     # of the noise schedule is done (A1111's refiner_checkpoint / refiner_switch_at).
     refiner: str | None = None
     refiner_switch: float = 0.8
+    # Hires fix (jaxvideo.hires.HiresFix): upscale and refine in a second img2img pass.
+    hires: Any = None
 
     def seeds(self) -> list[int]:
         """One seed per image: seed, seed+1, ... (the A1111 `all_seeds` convention)."""
