@@ -11,10 +11,8 @@ from jaxvideo.request import build_request
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAXVIDEO_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        yield StableDiffusionPipeline(resolve_demo("demo:sd1-tiny"))
+def pipeline():
+    return StableDiffusionPipeline(resolve_demo("demo:sd1-tiny"))
 
 
 def run(pipeline, upscaler="latent", strength=0.5, seed=4):

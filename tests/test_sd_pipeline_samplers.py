@@ -10,15 +10,8 @@ from jaxvideo.sampling import SAMPLERS, SCHEDULERS
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, monkeypatch_module):
-    monkeypatch_module.setenv("JAXVIDEO_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+def pipeline():
     return StableDiffusionPipeline(resolve_demo("demo:sd1-tiny"))
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
 
 
 def generate(pipeline, **fields):

@@ -34,10 +34,8 @@ def test_from_sdcpp_reads_absolute_and_relative_sizes():
 
 
 @pytest.fixture(scope="module")
-def demo_pipeline(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAXVIDEO_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        yield StableDiffusionPipeline(resolve_demo("demo:sd1-tiny"))
+def demo_pipeline():
+    return StableDiffusionPipeline(resolve_demo("demo:sd1-tiny"))
 
 
 def test_tiled_decode_of_a_real_vae_is_seamless(demo_pipeline):
