@@ -184,12 +184,22 @@ _ANNOTATION_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+# Per-request inputs, not defaults: images, LoRA files (resolved per request inside
+# server.lora_dir), tiling and sigma lists have no sensible YAML form as an operator default.
+NON_DEFAULT_FIELDS = ("init_image", "mask_image", "loras", "vae_tiling", "custom_sigmas", "hires")
+
+
 def _default_request(raw: Any) -> Mapping[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(GenerationRequest)}
     entry = _mapping(raw, "default_request", tuple(fields))
     out: dict[str, Any] = {}
     for key, value in entry.items():
         where = f"default_request.{key}"
+        if key in NON_DEFAULT_FIELDS:
+            raise ConfigError(
+                f"{where}: not allowed here; default_request holds defaults for scalar fields "
+                f"(not {', '.join(NON_DEFAULT_FIELDS)}), which requests send themselves"
+            )
         names = [part.strip() for part in str(fields[key].type).split("|")]
         allowed = tuple(t for name in names for t in _ANNOTATION_TYPES.get(name, (object,)))
         if isinstance(value, bool) or not isinstance(value, allowed):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -63,6 +64,9 @@ def create_app(config: ServeConfig | None = None, engine: Any = None) -> Flask:
         app.register_blueprint(blueprint)
     jobs.start()
     log.info("serving models: %s", ", ".join(m.name for m in service.models))
+    if server.lora_dir is not None and not os.path.isdir(server.lora_dir):
+        # Not fatal: the folder may be mounted later; until then every LoRA name answers 400.
+        log.warning("server.lora_dir %s is not a directory; no LoRA can be found", server.lora_dir)
     return app
 
 

@@ -1,8 +1,8 @@
-"""AUTOMATIC1111 conventions: sampler display names, scheduler labels and infotext strings.
+"""AUTOMATIC1111 conventions: sampler/schedule names, infotext strings, txt2img/img2img fields.
 
-A1111 clients name samplers by display name ("Euler a", "DPM++ 2M Karras"), older ones by
-k-diffusion id ("k_euler_a"); both map to jaxvideo's native names. The infotext is the
-`parameters` string A1111 writes into PNGs and `info.infotexts`.
+Sampler display names ("Euler a", "DPM++ 2M Karras") and k-diffusion ids ("k_euler_a") are
+parsed in `webapp.sampler_names` (re-exported here). The infotext is the `parameters` string
+A1111 writes into PNGs and `info.infotexts`.
 """
 
 from __future__ import annotations
@@ -14,108 +14,37 @@ from typing import Any
 
 from webapp.errors import invalid
 from webapp.images import decode_image
-from webapp.translate import (
-    DEFAULT_NAMES,
-    NOT_YET,
-    SCHEDULER_ALIASES,
-    Capabilities,
-    extra_args_fields,
-    extract_extra_args,
+from webapp.lora_fields import lora_specs
+from webapp.sampler_names import (
+    DISPLAY_NAMES,
+    SAMPLER_ALIASES,
+    SCHEDULER_LABELS,
+    display_name,
+    parse_sampler,
+    parse_scheduler,
+    sampler_aliases,
+    scheduler_aliases,
+    scheduler_label,
 )
+from webapp.translate import NOT_YET, Capabilities, extra_args_fields, extract_extra_args
 
-# Native sampler name -> A1111 display name (native names the engine may grow into included,
-# so a name that exists in A1111 but not here yet gets a clear "not supported" answer).
-DISPLAY_NAMES = {
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "heun": "Heun",
-    "dpm2": "DPM2",
-    "dpm++2s_a": "DPM++ 2S a",
-    "dpm++2m": "DPM++ 2M",
-    "dpm++2m_sde": "DPM++ 2M SDE",
-    "dpm++2m_sde_bt": "DPM++ 2M SDE GPU",
-    "lms": "LMS",
-    "lcm": "LCM",
-    "ddim_trailing": "DDIM",
-    "ipndm": "iPNDM",
-    "res_multistep": "Res Multistep",
-    "res_2s": "Res 2s",
-    "euler_cfg_pp": "Euler CFG++",
-}
-# Older k-diffusion ids and other spellings clients send.
-SAMPLER_ALIASES = {
-    "k_euler": "euler",
-    "k_euler_a": "euler_a",
-    "k_euler_ancestral": "euler_a",
-    "euler_ancestral": "euler_a",
-    "k_heun": "heun",
-    "k_dpm_2": "dpm2",
-    "k_dpmpp_2s_a": "dpm++2s_a",
-    "k_dpmpp_2m": "dpm++2m",
-    "k_dpmpp_2m_sde": "dpm++2m_sde",
-    "k_lms": "lms",
-    "ddim": "ddim_trailing",
-}
-# A1111 "<sampler> <schedule>" names carry a scheduler in their suffix.
-SCHEDULE_SUFFIXES = {
-    " karras": "karras",
-    " exponential": "exponential",
-    " sgm uniform": "sgm_uniform",
-}
-SCHEDULER_LABELS = {"discrete": "Discrete", "karras": "Karras", "exponential": "Exponential"}
-
-_BY_LOWER = {display.lower(): native for native, display in DISPLAY_NAMES.items()}
-
-
-def display_name(sampler: str) -> str:
-    return DISPLAY_NAMES.get(sampler, sampler)
-
-
-def sampler_aliases(sampler: str) -> list[str]:
-    """The native name first, then the k-diffusion ids of the same sampler."""
-    return [sampler, *sorted(a for a, native in SAMPLER_ALIASES.items() if native == sampler)]
-
-
-def parse_sampler(
-    name: str | None, caps: Capabilities, param: str = "sampler_name"
-) -> tuple[str | None, str | None]:
-    """An A1111 sampler name -> (native sampler, scheduler implied by the name); Nones mean
-    the family default. Names this server cannot run answer 400 listing the ones it can."""
-    if name is None or name.strip().lower() in DEFAULT_NAMES:
-        return None, None
-    key = " ".join(name.strip().lower().split())
-    scheduler = None
-    for suffix, implied in SCHEDULE_SUFFIXES.items():
-        if key.endswith(suffix):
-            key, scheduler = key[: -len(suffix)], implied
-            break
-    native = _BY_LOWER.get(key) or SAMPLER_ALIASES.get(key) or key
-    if native not in caps.samplers:
-        supported = ", ".join(f"{display_name(s)} ({s})" for s in caps.samplers)
-        raise invalid(param, f"sampler {name!r} is not supported, must be one of [{supported}]")
-    if scheduler is not None and scheduler not in caps.schedulers:
-        raise invalid(
-            param,
-            f"schedule {scheduler!r} in {name!r} is not supported, must be one of "
-            f"[{', '.join(caps.schedulers)}]",
-        )
-    return native, scheduler
-
-
-def parse_scheduler(name: str | None, caps: Capabilities, param: str = "scheduler") -> str | None:
-    """An A1111 schedule type ("Automatic", "Karras", ...) -> native scheduler or None."""
-    if name is None or name.strip().lower() in DEFAULT_NAMES:
-        return None
-    key = name.strip().lower().replace(" ", "_")
-    key = SCHEDULER_ALIASES.get(key, key)
-    if key not in caps.schedulers:
-        raise invalid(
-            param,
-            f"unknown scheduler {name!r}, must be one of [Automatic, "
-            + ", ".join(SCHEDULER_LABELS.get(s, s) for s in caps.schedulers)
-            + "]",
-        )
-    return key
+__all__ = [
+    "DISPLAY_NAMES",
+    "SAMPLER_ALIASES",
+    "SCHEDULER_LABELS",
+    "SDAPI_NAMES",
+    "display_name",
+    "img2img_fields",
+    "infotext",
+    "infotext_params",
+    "model_name",
+    "parse_sampler",
+    "parse_scheduler",
+    "sampler_aliases",
+    "scheduler_aliases",
+    "scheduler_label",
+    "sdapi_fields",
+]
 
 
 def infotext(
@@ -151,9 +80,7 @@ def infotext_params(
         "Sampler": display_name(sampler),
         # "Automatic" is A1111's word for "the sampler's own choice".
         "Schedule type": (
-            "Automatic"
-            if scheduler == default_scheduler
-            else SCHEDULER_LABELS.get(scheduler, scheduler)
+            "Automatic" if scheduler == default_scheduler else scheduler_label(scheduler)
         ),
         "CFG scale": f"{guidance_scale:g}",
         "Seed": seed,
@@ -185,9 +112,10 @@ SDAPI_NAMES = {
     "init_image": "init_images",
     "mask_image": "mask",
     "strength": "denoising_strength",
+    "loras": "lora",
 }
 # On sdapi the outer request wins over an sd_cpp_extra_args block for these (the peer's rule).
-_OUTER_WINS = ("clip_skip", "sampler", "scheduler", "init_image", "mask_image")
+_OUTER_WINS = ("clip_skip", "sampler", "scheduler", "init_image", "mask_image", "loras")
 
 
 def sdapi_fields(
@@ -197,8 +125,6 @@ def sdapi_fields(
     (client fields, output option updates)."""
     data = {key: value for key, value in data.items() if value is not None}
     overrides = data.get("override_settings") or {}
-    if data.get("lora"):
-        raise invalid("lora", "LoRA not supported yet", code="unsupported")
     if data.get("extra_images"):
         raise invalid("extra_images", NOT_YET, code="unsupported")
     prompt, block = extract_extra_args(data["prompt"])
@@ -242,8 +168,10 @@ def sdapi_fields(
     if model is not None:
         if not isinstance(model, str):
             raise invalid("override_settings.sd_model_checkpoint", "Not a valid string.")
-        # A1111 titles look like "name [hash]"; the name is what identifies the model.
-        fields["model"] = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", model)
+        fields["model"] = model_name(model)
+    loras = lora_specs(data.get("lora"), caps.limits.lora_dir)
+    if loras:  # an empty list is "no LoRA", so a block's LoRAs still apply
+        fields["loras"] = loras
     if img2img:
         fields.update(img2img_fields(data, caps))
     output: dict[str, Any] = {}
@@ -258,6 +186,11 @@ def sdapi_fields(
         if "embed_metadata" in block_output:
             output["embed_metadata"] = block_output["embed_metadata"]
     return fields, output
+
+
+def model_name(title: str) -> str:
+    """A1111 model titles look like "name [hash]"; the name is what identifies the model."""
+    return re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", title.strip())
 
 
 def img2img_fields(data: Mapping[str, Any], caps: Capabilities) -> dict[str, Any]:

@@ -25,7 +25,8 @@ _RETRYABLE = frozenset((408, 409, 429, 502, 503, 504))
 
 class ApiError(Exception):
     """An HTTP error answer. `message` is the headline, `detail` the specifics, `param` the
-    offending request field (OpenAI's `param`)."""
+    offending request field (OpenAI's `param`). `retryable` overrides the status's default
+    for the `x-should-retry` header (a cancelled job must not be sent again)."""
 
     def __init__(
         self,
@@ -35,6 +36,7 @@ class ApiError(Exception):
         detail: str | None = None,
         code: str | None = None,
         param: str | None = None,
+        retryable: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -42,6 +44,11 @@ class ApiError(Exception):
         self.detail = detail
         self.code = code
         self.param = param
+        self.retryable = error_retryable(status) if retryable is None else retryable
+
+
+def error_retryable(status: int) -> bool:
+    return status in _RETRYABLE
 
 
 def invalid(param: str | None, problem: str, code: str = "invalid_value") -> ApiError:
@@ -72,7 +79,7 @@ def error_response(error: ApiError, surface: str | None = None) -> Response:
             body[{"sdapi": "detail", "sdcpp": "message"}.get(surface, "detail")] = error.detail
     response = jsonify(body)
     response.status_code = error.status
-    if error.status not in _RETRYABLE:
+    if not error.retryable:
         response.headers["x-should-retry"] = "false"
     if error.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"

@@ -35,6 +35,10 @@ RunFn = Callable[[ProgressFn, CancelledFn], Any]
 
 CANCELLED_BY_CLIENT = {"code": "cancelled", "message": "job cancelled by client"}
 CANCELLED_BY_SHUTDOWN = {"code": "cancelled", "message": "server shutting down"}
+# A1111's interrupt/skip stop whatever is generating; the code stays "cancelled" so sdcpp
+# clients polling that job see the state they know, the message says who stopped it.
+INTERRUPTED = {"code": "cancelled", "message": "job interrupted (POST /sdapi/v1/interrupt)"}
+SKIPPED = {"code": "cancelled", "message": "job skipped (POST /sdapi/v1/skip)"}
 
 
 class QueueFull(Exception):
@@ -69,6 +73,7 @@ class _Job:
     error: dict[str, str] | None = None
     finished_at: float | None = None  # monotonic, drives retention
     cancel_flag: threading.Event = field(default_factory=threading.Event)
+    cancel_error: dict[str, str] | None = None  # why the flag was set, reported when it ends
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -88,6 +93,8 @@ class JobView:
     result: Any
     error: dict[str, str] | None
     meta: Any
+    # Generating and flagged, not yet stopped: the reason `cancel` was given, else None.
+    cancel_reason: dict[str, str] | None = None
 
     def to_dict(self, result: Any = None) -> dict[str, Any]:
         """The sdcpp job JSON; `result` is the surface's rendering of `self.result`."""
@@ -202,17 +209,31 @@ class JobTable:
         with self._lock:
             return self._view_locked(self._lookup_locked(job_id))
 
-    def cancel(self, job_id: str) -> JobView:
+    def cancel(self, job_id: str, reason: dict[str, str] = CANCELLED_BY_CLIENT) -> JobView:
         """Queued: cancelled now. Generating: flagged; the run stops at its next check and the
-        job ends cancelled. Terminal: unchanged."""
+        job ends cancelled. Terminal: unchanged. `reason` becomes the job's `error`."""
         with self._lock:
             job = self._lookup_locked(job_id)
             if job.status == QUEUED:
                 self._queue.remove(job)
-                self._finish_locked(job, CANCELLED, time.time(), CANCELLED_BY_CLIENT)
+                self._finish_locked(job, CANCELLED, time.time(), reason)
             elif job.status == GENERATING:
-                job.cancel_flag.set()
+                self._flag_locked(job, reason)
             return self._view_locked(job)
+
+    def cancel_running(self, reason: dict[str, str] = CANCELLED_BY_CLIENT) -> JobView | None:
+        """Flags the generating job, if any (A1111's interrupt); queued jobs are left alone."""
+        with self._lock:
+            job = self._running
+            if job is None:
+                return None
+            self._flag_locked(job, reason)
+            return self._view_locked(job)
+
+    def current(self) -> JobView | None:
+        """The generating job, or None when the worker is idle."""
+        with self._lock:
+            return None if self._running is None else self._view_locked(self._running)
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobView:
         """Blocks until the job is terminal (or `timeout` passes) and returns its snapshot."""
@@ -252,7 +273,7 @@ class JobTable:
         try:
             result = job.run(progress, job.cancel_flag.is_set)
         except Cancelled:
-            status, error = CANCELLED, CANCELLED_BY_CLIENT
+            status, error = CANCELLED, job.cancel_error or CANCELLED_BY_CLIENT
         except InvalidRequest as exc:
             status, error = FAILED, {"code": "invalid_request", "message": str(exc)}
         except Exception as exc:  # a pipeline failure fails this job, never the worker
@@ -263,7 +284,7 @@ class JobTable:
         if status == COMPLETED and job.cancel_flag.is_set():
             # The client was told its cancel was accepted; honour it even if the run got past
             # its last check before noticing.
-            status, result, error = CANCELLED, None, CANCELLED_BY_CLIENT
+            status, result, error = CANCELLED, None, job.cancel_error or CANCELLED_BY_CLIENT
         if status == CANCELLED and not self._accepting:
             error = CANCELLED_BY_SHUTDOWN
         with self._lock:
@@ -273,6 +294,11 @@ class JobTable:
             self._prune_locked()
 
     # -- internals (call with the lock held) ------------------------------------------------
+
+    def _flag_locked(self, job: _Job, reason: dict[str, str]) -> None:
+        if not job.cancel_flag.is_set():  # the first reason given is the one reported
+            job.cancel_error = reason
+            job.cancel_flag.set()
 
     def _finish_locked(self, job: _Job, status: str, now: float, error: Any) -> None:
         job.status = status
@@ -320,6 +346,7 @@ class JobTable:
             result=job.result,
             error=job.error,
             meta=job.meta,
+            cancel_reason=job.cancel_error if job.status == GENERATING else None,
         )
 
 

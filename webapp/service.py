@@ -8,6 +8,7 @@ ready-to-send bytes; `generate_images` is the synchronous variant (submit, then 
 from __future__ import annotations
 
 import importlib.metadata
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,6 +23,8 @@ from jaxvideo.results import ModelInfo
 from webapp import a1111
 from webapp.errors import ApiError, invalid
 from webapp.jobs import CANCELLED, CANCELLED_BY_SHUTDOWN, COMPLETED, JobTable, JobView
+from webapp.lora_fields import check_high_noise
+from webapp.tiling_fields import resolve_tiling
 from webapp.translate import Capabilities, OutputOptions, check_request, image_fields
 
 
@@ -52,6 +55,10 @@ class Service:
         self.jobs = jobs
         self.caps = caps
         self.version = jaxvideo_version()
+        # A1111's `sd_model_checkpoint` option (POST /sdapi/v1/options): the model sdapi
+        # requests naming none get. Process memory, like the job table.
+        self._sdapi_model: str | None = None
+        self._options_lock = threading.Lock()
 
     @property
     def models(self) -> list[ModelInfo]:
@@ -66,6 +73,29 @@ class Service:
     def family_defaults(self, model: str) -> dict[str, Any]:
         return dict(self.engine.family_defaults(model))
 
+    def default_model(self) -> str:
+        """The model requests naming none get: the operator's choice, else the first one."""
+        return self.model_info(self.config.default_request.get("model")).name
+
+    def sdapi_model(self) -> str:
+        """The default model of the sdapi surface (switchable through its options)."""
+        with self._options_lock:
+            return self._sdapi_model or self.default_model()
+
+    def set_sdapi_model(self, title: str) -> str:
+        """Switches the sdapi default model to a served model, by name or A1111 title."""
+        name = a1111.model_name(title)
+        served = [m.name for m in self.models]
+        if name not in served:
+            raise invalid(
+                "sd_model_checkpoint",
+                f"unknown model {title!r}; served: {', '.join(served)}",
+                "model_not_found",
+            )
+        with self._options_lock:
+            self._sdapi_model = name
+        return name
+
     def resolve(
         self, fields: Mapping[str, Any], names: Mapping[str, str] | None = None
     ) -> GenerationRequest:
@@ -77,6 +107,9 @@ class Service:
         if mode not in info.modes:
             raise invalid("model", f"model {info.name!r} cannot serve {mode}", code="wrong_mode")
         client = {**image_fields(fields, self.caps, names), "model": info.name, "mode": mode}
+        check_high_noise(
+            client.get("loras", ()), info.name, info.family, (names or {}).get("loras", "lora")
+        )
         try:
             request = build_request(
                 client, self.config.default_request, self.family_defaults(info.name)
@@ -84,7 +117,7 @@ class Service:
         except InvalidRequest as exc:
             raise ApiError(400, str(exc)) from exc
         check_request(request, self.caps, names)
-        return request
+        return resolve_tiling(request)  # relative tile sizes need the final width and height
 
     def check_operator_defaults(self) -> None:
         """Fails start-up when `default_request` cannot produce a valid request."""
@@ -133,7 +166,11 @@ class Service:
         if view.status == CANCELLED:
             if error == CANCELLED_BY_SHUTDOWN:
                 raise ApiError(503, "server is shutting down", code="shutting_down")
-            raise ApiError(409, "job cancelled", detail=error.get("message"), code="cancelled")
+            # Cancelled through sdcpp, or interrupted/skipped through sdapi: A1111 would answer
+            # 200 with the images done so far, which a stopped batch does not have here.
+            raise ApiError(
+                409, "job cancelled", detail=error.get("message"), code="cancelled", retryable=False
+            )
         if error.get("code") == "invalid_request":
             raise ApiError(400, error.get("message", "invalid request"), code="invalid_request")
         raise ApiError(

@@ -19,13 +19,15 @@ from jaxvideo.media import IMAGE_FORMATS
 from jaxvideo.request import GenerationRequest
 from webapp.errors import ApiError, invalid
 from webapp.images import decode_image, fit_size
+from webapp.lora_fields import lora_specs
+from webapp.sampler_names import DEFAULT_NAMES, parse_sampler, parse_scheduler
 from webapp.schemas.common import load
 from webapp.schemas.sdcpp import ImgGenSchema
+from webapp.tiling_fields import tiling_field
 
 EXTRA_ARGS = re.compile(r"<sd_cpp_extra_args>(.*?)</sd_cpp_extra_args>", re.DOTALL)
 NOT_YET = "not supported by this server yet"
-# Names that mean "use the model family's choice".
-DEFAULT_NAMES = frozenset(("", "default", "auto", "automatic"))
+# The native surface takes native names, plus sd.cpp's own alias.
 SCHEDULER_ALIASES = {"normal": "discrete"}
 
 
@@ -104,6 +106,12 @@ def sdcpp_fields(data: Mapping[str, Any], caps: Capabilities) -> tuple[dict[str,
         fields["clip_skip"] = data["clip_skip"]
     if "batch_count" in data:
         fields["batch_count"] = min(max(data["batch_count"], 1), caps.limits.max_batch_count)
+    loras = lora_specs(data.get("lora"), caps.limits.lora_dir)
+    if loras:
+        fields["loras"] = loras
+    tiling = tiling_field(data.get("vae_tiling_params"))
+    if tiling is not None:
+        fields["vae_tiling"] = tiling
     params = data.get("sample_params") or {}
     method = sampler_name(params.get("sample_method"), caps, "sample_params.sample_method")
     if method:
@@ -115,6 +123,8 @@ def sdcpp_fields(data: Mapping[str, Any], caps: Capabilities) -> tuple[dict[str,
         fields["steps"] = params["sample_steps"]
     if params.get("eta") is not None:
         fields["eta"] = params["eta"]
+    if params.get("custom_sigmas"):
+        fields.update(sigma_fields(params["custom_sigmas"], caps.limits.max_steps))
     guidance = params.get("guidance") or {}
     if "txt_cfg" in guidance:
         fields["guidance_scale"] = guidance["txt_cfg"]
@@ -128,22 +138,36 @@ def sdcpp_fields(data: Mapping[str, Any], caps: Capabilities) -> tuple[dict[str,
     return fields, output
 
 
+def sigma_fields(values: list[float], max_steps: int) -> dict[str, Any]:
+    """`sample_params.custom_sigmas` -> the request's sigmas and the step count they imply.
+
+    Checked here with the pipeline's own rules, so a bad list is a 400 at submission rather
+    than a failed job. The sigmas replace the schedule and `sample_steps`: the step count is
+    len - 1 (with the final 0 the pipeline appends), and `max_steps` bounds it."""
+    from jaxvideo.sampling import custom_sigmas  # imports JAX; the web layer loads it lazily
+
+    param = "sample_params.custom_sigmas"
+    try:
+        steps = len(custom_sigmas(values)) - 1
+    except ValueError as exc:
+        raise invalid(param, str(exc)) from exc
+    if steps > max_steps:
+        raise invalid(param, f"{steps} steps, the limit is {max_steps}")
+    return {"custom_sigmas": tuple(float(v) for v in values), "steps": steps}
+
+
 def reject_unsupported(data: Mapping[str, Any]) -> None:
     """Fields that would change the output but are not implemented yet answer 400 by name.
 
     Fields that only matter together with one of these (img_cfg, control_strength,
     cache_option, ...) are type-checked and accepted.
     """
-    for key in ("control_image", "ref_images", "lora"):
+    for key in ("control_image", "ref_images"):
         if data.get(key):
             raise invalid(key, NOT_YET, code="unsupported")
-    if (data.get("vae_tiling_params") or {}).get("enabled"):
-        raise invalid("vae_tiling_params.enabled", NOT_YET, code="unsupported")
     if data.get("cache_mode", "disabled") not in ("", "disabled"):
         raise invalid("cache_mode", NOT_YET, code="unsupported")
     params = data.get("sample_params") or {}
-    if params.get("custom_sigmas"):
-        raise invalid("sample_params.custom_sigmas", NOT_YET, code="unsupported")
     if params.get("shifted_timestep"):
         raise invalid("sample_params.shifted_timestep", NOT_YET, code="unsupported")
     if params.get("flow_shift"):
@@ -173,7 +197,9 @@ def image_fields(
 
 
 def sampler_name(name: str | None, caps: Capabilities, param: str) -> str | None:
-    """A native sampler name, or None for the family default; unknown names answer 400."""
+    """A native sampler name, or None for the family default; unknown names answer 400.
+
+    The native surface is strict: A1111 display names belong to sdapi and OpenAI."""
     if name is None or name.strip().lower() in DEFAULT_NAMES:
         return None
     key = name.strip().lower()
@@ -265,7 +291,13 @@ def _listing(names: tuple[str, ...]) -> str:
 
 # -- OpenAI ---------------------------------------------------------------------------------
 
-OPENAI_NAMES = {"width": "size", "height": "size", "batch_count": "n"}
+# OpenAI requests carry LoRAs only inside an sd_cpp_extra_args block.
+OPENAI_NAMES = {
+    "width": "size",
+    "height": "size",
+    "batch_count": "n",
+    "loras": "sd_cpp_extra_args.lora",
+}
 
 
 def openai_fields(
@@ -308,10 +340,11 @@ def openai_fields(
             fields[target] = data[key]
     if data.get("clip_skip", 0) > 0:
         fields["clip_skip"] = data["clip_skip"]
-    sampler = sampler_name(data.get("sampler"), caps, "sampler")
+    # Native names, A1111 display names ("DPM++ 2M Karras") and k-diffusion ids all work.
+    sampler, implied = parse_sampler(data.get("sampler"), caps, "sampler")
     if sampler:
         fields["sampler"] = sampler
-    scheduler = scheduler_name(data.get("scheduler"), caps, "scheduler")
+    scheduler = parse_scheduler(data.get("scheduler"), caps, "scheduler") or implied
     if scheduler:
         fields["scheduler"] = scheduler
     output: dict[str, Any] = {}

@@ -2,11 +2,13 @@
 
 It serves the tiny demo model, built into a temporary cache on first start (set
 JAXVIDEO_TEST_CACHE_DIR to reuse a cache between runs), with small limits so queue and size
-errors are cheap to provoke.
+errors are cheap to provoke, and a LoRA folder holding one real LoRA for the demo UNet (a
+second one lies next to the folder, where no request may reach it).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,16 +19,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import requests
+from safetensors.numpy import save_file
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 300  # builds the demo model and imports JAX on a cold machine
+LORA_NAME = "tiny_style"  # <lora_dir>/tiny_style.safetensors
+OUTSIDE_LORA = "outside.safetensors"  # next to lora_dir, never loadable
 
 E2E_CONFIG = """\
 models:
-  - {name: sd1-tiny-demo, family: sd1, path: "demo:sd1-tiny", dtype: fp32}
+  - {{name: sd1-tiny-demo, family: sd1, path: "demo:sd1-tiny", dtype: fp32}}
+  # A second real model (the same tiny weights) so model choice and switching are observable.
+  - {{name: sd1-tiny-second, family: sd1, path: "demo:sd1-tiny", dtype: fp32}}
 server:
+  lora_dir: {lora_dir}
   max_queue_size: 4
   job_retention_s: 600
   expired_retention_s: 600
@@ -50,11 +59,29 @@ def _direct_session() -> requests.Session:
     return session
 
 
+def write_tiny_lora(path: Path, seed: int = 0, rank: int = 4) -> None:
+    """A kohya-format LoRA for the demo UNet (jaxvideo.demo.sd1_tiny_configs): every attention
+    projection of the first down block's transformer, whose width is 32 (block_out_channels
+    (32, 64)); cross-attention keys/values read the 32-wide text context. The updates are
+    large on purpose, so a LoRA visibly changes even a 2-step image of random weights."""
+    rng = np.random.default_rng(seed)
+    block = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0"
+    tensors: dict[str, np.ndarray] = {}
+    for attn in ("attn1", "attn2"):
+        for proj in ("to_q", "to_k", "to_v", "to_out_0"):
+            key = f"{block}_{attn}_{proj}"
+            tensors[f"{key}.lora_down.weight"] = rng.normal(0, 0.5, (rank, 32)).astype(np.float32)
+            tensors[f"{key}.lora_up.weight"] = rng.normal(0, 0.5, (32, rank)).astype(np.float32)
+            tensors[f"{key}.alpha"] = np.array(float(rank), np.float32)
+    save_file(tensors, str(path))
+
+
 @dataclass
 class Server:
     url: str
     process: subprocess.Popen
     log: Path
+    lora_dir: Path
     http: requests.Session = field(default_factory=_direct_session)
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
@@ -101,8 +128,12 @@ def e2e_cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, e2e_cache_dir) -> Server:
     root = tmp_path_factory.mktemp("server")
+    lora_dir = root / "loras"
+    lora_dir.mkdir()
+    write_tiny_lora(lora_dir / f"{LORA_NAME}.safetensors")
+    write_tiny_lora(root / OUTSIDE_LORA, seed=1)
     config = root / "serve.yaml"
-    config.write_text(E2E_CONFIG)
+    config.write_text(E2E_CONFIG.format(lora_dir=json.dumps(str(lora_dir))))
     env = dict(os.environ)
     env.pop("JAXVIDEO_API_KEY", None)
     env.update(
@@ -121,7 +152,7 @@ def server(tmp_path_factory, e2e_cache_dir) -> Server:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    handle = Server(url, process, log)
+    handle = Server(url, process, log, lora_dir)
     try:
         _wait_healthy(handle)
         yield handle

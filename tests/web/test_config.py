@@ -128,3 +128,19 @@ def test_unreadable_or_invalid_files_raise_config_errors(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="invalid YAML"):
         parse_config("models: [")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("init_image", "aGk="),
+        ("mask_image", "null"),
+        ("loras", "[{path: style.safetensors}]"),
+        ("vae_tiling", "{enabled: true}"),
+        ("custom_sigmas", "[14.6, 1.0, 0.0]"),
+    ],
+)
+def test_per_request_inputs_are_not_operator_defaults(key, value):
+    message = error_of(MODEL + f"default_request: {{{key}: {value}}}")
+    assert message.startswith(f"default_request.{key}: not allowed here")
+    assert "scalar fields" in message

@@ -39,7 +39,8 @@ BAD_REQUESTS = {
     "openai": [
         ({"prompt": "x", "n": "two"}, "n"),
         ({"prompt": 5}, "prompt"),
-        ({"prompt": "x", "sampler": "dpm++2m"}, "sampler"),
+        ({"prompt": "x", "sampler": "DPM2 a"}, "sampler"),  # A1111 has it, sd.cpp does not
+        ({"prompt": "x", "scheduler": "polyexponential"}, "scheduler"),
         ({"prompt": "x", "size": "4096x4096"}, "size"),
         ({"prompt": "x", "size": "100x100"}, "size"),
         ({"prompt": "x", "output_format": "gif"}, "output_format"),
@@ -48,15 +49,24 @@ BAD_REQUESTS = {
     ],
     "sdapi": [
         ({"prompt": "x", "steps": "many"}, "steps"),
-        ({"prompt": "x", "sampler_name": "DPM++ 2M Karras"}, "sampler_name"),
+        ({"prompt": "x", "sampler_name": "DPM++ SDE Karras"}, "sampler_name"),
+        ({"prompt": "x", "sampler_name": "DPM++ 2M Polyexponential"}, "sampler_name"),
+        ({"prompt": "x", "scheduler": "DDIM"}, "scheduler"),
         ({"prompt": "x", "width": 4096}, "width"),
         ({"prompt": "x", "width": 100}, "width"),
-        ({"prompt": "x", "lora": [{"path": "a.safetensors"}]}, "lora"),
+        ({"prompt": "x", "lora": [{"path": "missing.safetensors"}]}, "lora[0].path"),
         ({"negative_prompt": "x"}, "prompt"),
     ],
     "sdcpp": [
         ({"width": "wide"}, "width"),
-        ({"sample_params": {"sample_method": "heun"}}, "sample_method"),
+        # The native surface takes native names only.
+        ({"sample_params": {"sample_method": "DPM++ 2M"}}, "sample_method"),
+        ({"sample_params": {"scheduler": "SGM Uniform"}}, "scheduler"),
+        ({"sample_params": {"shifted_timestep": 500}}, "shifted_timestep"),
+        ({"sample_params": {"flow_shift": 3.0}}, "flow_shift"),
+        ({"sample_params": {"guidance": {"slg": {"scale": 2.5}}}}, "slg.scale"),
+        ({"cache_mode": "easycache"}, "cache_mode"),
+        ({"sample_params": {"custom_sigmas": [1.0, 2.0]}}, "custom_sigmas"),
         ({"width": 1024}, "width"),
         ({"height": 100}, "height"),
         ({"sample_params": {"sample_steps": 0}}, "sample_steps"),

@@ -9,6 +9,9 @@ import json
 import numpy as np
 from PIL import Image
 
+from jaxvideo.sampling import SAMPLERS, SCHEDULERS
+from webapp.sampler_names import DISPLAY_NAMES
+
 
 def txt2img(server, **body):
     response = server.post("/sdapi/v1/txt2img", json={"prompt": "a small boat", **body})
@@ -58,17 +61,32 @@ def test_discovery_endpoints(server):
         "aliases": ["euler_a", "euler_ancestral", "k_euler_a", "k_euler_ancestral"],
         "options": {},
     } in samplers
-    assert {s["name"] for s in samplers} == {"Euler", "Euler a"}
+    assert {
+        "name": "DPM++ 2M",
+        "aliases": ["dpm++2m", "dpmpp_2m", "k_dpmpp_2m"],
+        "options": {},
+    } in samplers
+    # Every sampler the engine has, once, under its A1111 display name, native name first.
+    assert [s["aliases"][0] for s in samplers] == list(SAMPLERS)
+    assert [s["name"] for s in samplers] == [DISPLAY_NAMES[s] for s in SAMPLERS]
+    assert len({s["name"] for s in samplers}) == len(SAMPLERS) == 21
     schedulers = server.get("/sdapi/v1/schedulers").json()
-    assert {"name": "karras", "label": "Karras"} in schedulers
+    assert [s["name"] for s in schedulers] == ["automatic", *SCHEDULERS]
+    assert {"name": "karras", "label": "Karras", "aliases": []} in schedulers
+    assert {"name": "ays", "label": "Align Your Steps", "aliases": ["align_your_steps"]} in (
+        schedulers
+    )
+    assert schedulers[0]["label"] == "Automatic"
     models = server.get("/sdapi/v1/sd-models").json()
-    assert [m["model_name"] for m in models] == ["sd1-tiny-demo"]
+    assert [m["model_name"] for m in models] == ["sd1-tiny-demo", "sd1-tiny-second"]
     assert len(models[0]["sha256"]) == 64 and models[0]["config"] is None
     assert server.get("/sdapi/v1/options").json() == {
         "samples_format": "png",
         "sd_model_checkpoint": "sd1-tiny-demo",
     }
-    assert server.get("/sdapi/v1/loras").json() == []
+    assert server.get("/sdapi/v1/loras").json() == [
+        {"name": "tiny_style", "path": "tiny_style.safetensors"}
+    ]
 
 
 def test_batches_use_consecutive_seeds(server):

@@ -7,6 +7,8 @@ import io
 
 from PIL import Image
 
+from jaxvideo.sampling import SAMPLERS, SCHEDULERS
+
 SLOW = {"width": 256, "height": 256}  # slow enough on CPU to watch a job generate
 
 
@@ -35,13 +37,22 @@ def test_capabilities_describe_this_server(server):
         caps["defaults"]["width"] == 64 and caps["defaults"]["sample_params"]["sample_steps"] == 2
     )
     assert caps["output_formats"] == ["png", "jpeg", "webp"]
-    assert caps["samplers"] == ["euler", "euler_a"]
+    assert caps["samplers"] == list(SAMPLERS) and len(caps["samplers"]) == 21
+    assert caps["schedulers"] == list(SCHEDULERS) and "karras" in caps["schedulers"]
     features = caps["features_by_mode"]["img_gen"]
-    working = {"cancel_queued", "cancel_generating", "init_image", "mask_image"}
+    working = {
+        "cancel_queued",
+        "cancel_generating",
+        "init_image",
+        "mask_image",
+        "lora",  # the test server has a LoRA folder
+        "vae_tiling",
+    }
     assert all(features[k] for k in working)
     assert not any(v for k, v in features.items() if k not in working)
+    assert caps["features"] == features
     assert caps["limits"]["max_queue_size"] == 4 and caps["limits"]["max_width"] == 512
-    assert caps["loras"] == []
+    assert caps["loras"] == [{"name": "tiny_style", "path": "tiny_style.safetensors"}]
 
 
 def test_job_goes_queued_generating_completed(server):

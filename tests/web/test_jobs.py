@@ -9,7 +9,15 @@ import time
 import pytest
 
 from jaxvideo.errors import Cancelled, InvalidRequest
-from webapp.jobs import JobExpired, JobNotFound, JobTable, QueueFull, ShuttingDown
+from webapp.jobs import (
+    INTERRUPTED,
+    SKIPPED,
+    JobExpired,
+    JobNotFound,
+    JobTable,
+    QueueFull,
+    ShuttingDown,
+)
 
 
 @pytest.fixture
@@ -234,3 +242,29 @@ def test_shutdown_lets_the_running_job_finish_within_the_drain_time(table):
     wait_status(table, running.id, "generating")
     table.shutdown(drain_s=10)
     assert table.get(running.id).status == "completed"
+
+
+def test_cancel_running_stops_the_generating_job_with_its_reason(table):
+    assert table.current() is None and table.cancel_running(INTERRUPTED) is None
+    running = table.submit("img_gen", stepping(500))
+    queued = table.submit("img_gen", stepping(1))
+    wait_status(table, running.id, "generating")
+    assert table.current().id == running.id
+    flagged = table.cancel_running(INTERRUPTED)
+    assert flagged.id == running.id and flagged.cancel_reason == INTERRUPTED
+    # A later reason does not replace the first one.
+    table.cancel(running.id)
+    final = wait_status(table, running.id, "cancelled")
+    assert final.error == INTERRUPTED and final.step < 500 and final.cancel_reason is None
+    # Only the generating job is stopped; the queued one runs.
+    assert wait_status(table, queued.id, "completed").result == "1 steps"
+    assert table.current() is None
+
+
+def test_cancel_with_a_reason_applies_to_queued_jobs_too(table):
+    gate = threading.Event()
+    first = table.submit("img_gen", blocked(gate))
+    second = table.submit("img_gen", stepping(1))
+    assert table.cancel(second.id, SKIPPED).error == SKIPPED
+    gate.set()
+    assert wait_status(table, first.id, "completed").error is None

@@ -246,8 +246,9 @@ def test_sdapi_rejects_wrong_types_lora_and_too_many_images():
     assert rejects(sdapi, {"prompt": "p", "steps": "ten"}).param == "steps"
     assert rejects(sdapi, {"prompt": "p", "width": True}).param == "width"
     assert rejects(sdapi, {"prompt": 3}).param == "prompt"
+    # CAPS has no LoRA folder: any LoRA is refused, naming the field.
     err = rejects(sdapi, {"prompt": "p", "lora": [{"path": "a.safetensors"}]})
-    assert err.message == "lora: LoRA not supported yet"
+    assert err.message == "lora: this server has no LoRA folder configured (server.lora_dir)"
     assert rejects(sdapi, {"prompt": "p", "batch_size": 4, "n_iter": 3}).param == "batch_size"
 
 
@@ -323,10 +324,13 @@ def test_sdcpp_fields_map_the_native_request():
     [
         ({"control_image": "aGk="}, "control_image"),
         ({"ref_images": ["aGk="]}, "ref_images"),
-        ({"lora": [{"path": "x.safetensors"}]}, "lora"),
-        ({"vae_tiling_params": {"enabled": True}}, "vae_tiling_params.enabled"),
         ({"cache_mode": "easycache"}, "cache_mode"),
-        ({"sample_params": {"custom_sigmas": [1.0, 0.0]}}, "sample_params.custom_sigmas"),
+        ({"sample_params": {"shifted_timestep": 100}}, "sample_params.shifted_timestep"),
+        ({"sample_params": {"flow_shift": 3.0}}, "sample_params.flow_shift"),
+        (
+            {"sample_params": {"guidance": {"slg": {"scale": 2.5}}}},
+            "sample_params.guidance.slg.scale",
+        ),
     ],
 )
 def test_sdcpp_features_not_implemented_yet_answer_400_by_name(body, param):

@@ -1,32 +1,48 @@
-"""The AUTOMATIC1111-compatible surface: synchronous txt2img/img2img and discovery endpoints."""
+"""The AUTOMATIC1111-compatible surface: synchronous txt2img/img2img, discovery endpoints,
+options (model switch), progress, interrupt and skip.
+
+Interrupt and skip stop the job that is generating, whichever surface queued it (A1111 has one
+job slot). The waiting sdapi request then answers 409 `{"error": "job cancelled", "detail":
+"job interrupted (POST /sdapi/v1/interrupt)"}`: A1111 answers 200 with the images finished so
+far, but a batch runs as one sampler loop here, so a stopped job has none.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
+import logging
 import os
+import time
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
 from marshmallow import EXCLUDE
 
 from webapp import a1111
+from webapp.errors import invalid
 from webapp.http import json_body
+from webapp.jobs import INTERRUPTED, SKIPPED, JobView
+from webapp.lora_fields import available_loras
 from webapp.openapi import RouteDoc
 from webapp.schemas.common import load
 from webapp.schemas.sdapi import (
     Img2ImgSchema,
     LoraFileSchema,
     OptionsSchema,
+    OptionsUpdateSchema,
     SamplerSchema,
     SchedulerSchema,
+    SdapiProgressSchema,
     SdModelSchema,
     Txt2ImgResponseSchema,
     Txt2ImgSchema,
 )
 from webapp.service import ImageResult, service
 from webapp.translate import OutputOptions, apply_output
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("sdapi", __name__, url_prefix="/sdapi/v1")
 
@@ -37,7 +53,17 @@ DOCS = (
     RouteDoc("/sdapi/v1/schedulers", "get", None, SchedulerSchema(many=True), "Schedulers"),
     RouteDoc("/sdapi/v1/sd-models", "get", None, SdModelSchema(many=True), "Served models"),
     RouteDoc("/sdapi/v1/options", "get", None, OptionsSchema, "Current options"),
-    RouteDoc("/sdapi/v1/loras", "get", None, LoraFileSchema(many=True), "Available LoRAs"),
+    RouteDoc(
+        "/sdapi/v1/options",
+        "post",
+        OptionsUpdateSchema,
+        OptionsSchema,
+        "Switch the sdapi default model (sd_model_checkpoint); other keys are ignored",
+    ),
+    RouteDoc("/sdapi/v1/loras", "get", None, LoraFileSchema(many=True), "LoRAs in server.lora_dir"),
+    RouteDoc("/sdapi/v1/progress", "get", None, SdapiProgressSchema, "The generating job"),
+    RouteDoc("/sdapi/v1/interrupt", "post", None, None, "Stop the generating job"),
+    RouteDoc("/sdapi/v1/skip", "post", None, None, "Stop the generating job (as interrupt)"),
 )
 
 
@@ -56,6 +82,7 @@ def img2img() -> Response:
 def _generate(data: dict[str, Any], img2img: bool) -> Response:
     svc = service()
     fields, output = a1111.sdapi_fields(data, svc.caps, img2img=img2img)
+    fields.setdefault("model", svc.sdapi_model())  # POST /sdapi/v1/options may have switched it
     request = svc.resolve({**fields, "mode": "img_gen"}, a1111.SDAPI_NAMES)
     # A1111 clients expect PNG (with the `parameters` chunk unless told otherwise).
     result = svc.generate_images(request, apply_output(OutputOptions(), output))
@@ -110,9 +137,11 @@ def samplers() -> Response:
 
 @bp.get("/schedulers")
 def schedulers() -> Response:
-    entries = [{"name": "automatic", "label": "Automatic"}]
+    # `name` is what this server calls it (and accepts back), `label` A1111's display name.
+    entries = [{"name": "automatic", "label": "Automatic", "aliases": ["default"]}]
     entries += [
-        {"name": s, "label": a1111.SCHEDULER_LABELS.get(s, s)} for s in service().caps.schedulers
+        {"name": s, "label": a1111.scheduler_label(s), "aliases": a1111.scheduler_aliases(s)}
+        for s in service().caps.schedulers
     ]
     return jsonify(entries)
 
@@ -137,14 +166,79 @@ def sd_models() -> Response:
 
 @bp.get("/options")
 def options() -> Response:
-    svc = service()
-    default = svc.model_info(svc.config.default_request.get("model"))
-    return jsonify({"samples_format": "png", "sd_model_checkpoint": default.name})
+    return jsonify({"samples_format": "png", "sd_model_checkpoint": service().sdapi_model()})
+
+
+@bp.post("/options")
+def set_options() -> Response:
+    """A1111 saves every setting sent; here only `sd_model_checkpoint` means something (the
+    model sdapi requests naming none get, for this server process). Other keys are accepted,
+    logged and ignored, so clients that post their whole settings page keep working."""
+    data = load(OptionsUpdateSchema(), json_body(), unknown=EXCLUDE)
+    if "sd_model_checkpoint" in data:
+        if not data["sd_model_checkpoint"]:
+            raise invalid("sd_model_checkpoint", "must name a served model")
+        model = service().set_sdapi_model(data["sd_model_checkpoint"])
+        log.info("sdapi default model is now %s", model)
+    return options()
 
 
 @bp.get("/loras")
 def loras() -> Response:
-    return jsonify([])  # LoRA support (and the configured folder scan) comes later
+    return jsonify(available_loras(service().caps.limits.lora_dir))
+
+
+@bp.get("/progress")
+def progress() -> Response:
+    """A1111's progress shape for the job generating now (any surface's); idle: zeros."""
+    return jsonify(progress_json(service().jobs.current()))
+
+
+@bp.post("/interrupt")
+def interrupt() -> Response:
+    service().jobs.cancel_running(INTERRUPTED)
+    return jsonify({})
+
+
+@bp.post("/skip")
+def skip() -> Response:
+    # A1111 skips to the next image of a batch; one batch is one sampler loop here.
+    service().jobs.cancel_running(SKIPPED)
+    return jsonify({})
+
+
+def progress_json(view: JobView | None) -> dict[str, Any]:
+    if view is None:
+        state = {"skipped": False, "interrupted": False, "job": "", "job_count": 0}
+        state |= {"job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
+        return {
+            "progress": 0.0,
+            "eta_relative": 0.0,
+            "state": state,
+            "current_image": None,
+            "textinfo": None,
+        }
+    fraction = min(view.step / view.total, 1.0) if view.total else 0.0
+    started = view.started if view.started is not None else time.time()
+    elapsed = max(time.time() - started, 0.0)
+    reason = view.cancel_reason
+    state = {
+        "skipped": reason == SKIPPED,
+        "interrupted": reason is not None and reason != SKIPPED,
+        "job": view.id,
+        "job_count": 1,
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)),
+        "job_no": 0,
+        "sampling_step": view.step,
+        "sampling_steps": view.total,
+    }
+    return {
+        "progress": fraction,
+        "eta_relative": elapsed / fraction - elapsed if fraction else 0.0,
+        "state": state,
+        "current_image": None,
+        "textinfo": f"{view.kind} {view.id}: step {view.step}/{view.total}",
+    }
 
 
 def _index_sha256(path: str) -> str | None:

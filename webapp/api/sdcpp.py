@@ -11,6 +11,7 @@ from jaxvideo.media import IMAGE_FORMATS
 from jaxvideo.request import GenerationRequest
 from webapp.http import json_body
 from webapp.jobs import COMPLETED, JobView
+from webapp.lora_fields import available_loras
 from webapp.openapi import RouteDoc
 from webapp.schemas.common import load
 from webapp.schemas.sdcpp import ImgGenSchema, JobSchema, JobSubmittedSchema
@@ -24,19 +25,24 @@ SDCPP_NAMES = {
     "guidance_scale": "sample_params.guidance.txt_cfg",
     "sampler": "sample_params.sample_method",
     "scheduler": "sample_params.scheduler",
+    "loras": "lora",
 }
-# A feature is advertised only when it really works on this server.
-IMG_FEATURES = {
-    "init_image": True,
-    "mask_image": True,
-    "control_image": False,
-    "ref_images": False,
-    "lora": False,
-    "vae_tiling": False,
-    "cache": False,
-    "cancel_queued": True,
-    "cancel_generating": True,
-}
+
+
+def img_features(svc: Service) -> dict[str, bool]:
+    """A feature is advertised only when it really works on this server: LoRA needs a folder."""
+    return {
+        "init_image": True,
+        "mask_image": True,
+        "control_image": False,
+        "ref_images": False,
+        "lora": svc.caps.limits.lora_dir is not None,
+        "vae_tiling": True,
+        "cache": False,
+        "cancel_queued": True,
+        "cancel_generating": True,
+    }
+
 
 DOCS = (
     RouteDoc("/sdcpp/v1/capabilities", "get", None, None, "Models, defaults, limits, features"),
@@ -52,6 +58,7 @@ def capabilities() -> Response:
     info = svc.model_info(svc.config.default_request.get("model"))
     limits = svc.caps.limits
     img_defaults = image_defaults(svc, info.name)
+    features = img_features(svc)
     return jsonify(
         {
             "model": {"name": info.name, "stem": info.name, "path": info.path},
@@ -64,11 +71,11 @@ def capabilities() -> Response:
             "defaults_by_mode": {"img_gen": img_defaults},
             "output_formats": list(IMAGE_FORMATS),
             "output_formats_by_mode": {"img_gen": list(IMAGE_FORMATS)},
-            "features": IMG_FEATURES,
-            "features_by_mode": {"img_gen": IMG_FEATURES},
+            "features": features,
+            "features_by_mode": {"img_gen": features},
             "samplers": list(svc.caps.samplers),
             "schedulers": list(svc.caps.schedulers),
-            "loras": [],
+            "loras": available_loras(limits.lora_dir),
             "upscalers": [],
             "limits": {
                 "min_width": limits.min_width,

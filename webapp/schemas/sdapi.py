@@ -13,9 +13,11 @@ from webapp.schemas.common import Flag, Int, Num
 
 
 class LoraEntrySchema(Schema):
-    path = fields.String(required=True)
-    multiplier = Num()
-    is_high_noise = fields.Boolean()
+    path = fields.String(
+        required=True, metadata={"description": "a name or path relative to the LoRA folder"}
+    )
+    multiplier = Num(metadata={"description": "default 1.0"})
+    is_high_noise = fields.Boolean(metadata={"description": "Wan 2.2 high-noise expert only"})
 
 
 class Txt2ImgSchema(Schema):
@@ -33,7 +35,11 @@ class Txt2ImgSchema(Schema):
     sampler_index = fields.String(allow_none=True, metadata={"description": "old sampler_name"})
     scheduler = fields.String(allow_none=True)
     eta = Num(allow_none=True)
-    lora = fields.List(fields.Nested(LoraEntrySchema), allow_none=True)
+    lora = fields.List(
+        fields.Nested(LoraEntrySchema),
+        allow_none=True,
+        metadata={"description": "LoRA files under the server's LoRA folder (GET /sdapi/v1/loras)"},
+    )
     extra_images = fields.List(fields.String(), allow_none=True)
     sd_model_checkpoint = fields.String(allow_none=True)
     override_settings = fields.Dict(keys=fields.String(), allow_none=True)
@@ -96,6 +102,34 @@ class SdModelSchema(Schema):
 class OptionsSchema(Schema):
     samples_format = fields.String()
     sd_model_checkpoint = fields.String()
+
+
+class OptionsUpdateSchema(Schema):
+    """`POST /sdapi/v1/options`: A1111 clients send many settings; only the model is used."""
+
+    sd_model_checkpoint = fields.String(
+        metadata={"description": "a served model name or its A1111 title ('name [hash]')"}
+    )
+    samples_format = fields.String(metadata={"description": "ignored: images are PNG"})
+
+
+class SdapiProgressStateSchema(Schema):
+    skipped = fields.Boolean()
+    interrupted = fields.Boolean()
+    job = fields.String(metadata={"description": "the generating job's id, '' when idle"})
+    job_count = fields.Integer()
+    job_timestamp = fields.String(metadata={"description": "YYYYmmddHHMMSS of its start"})
+    job_no = fields.Integer()
+    sampling_step = fields.Integer()
+    sampling_steps = fields.Integer()
+
+
+class SdapiProgressSchema(Schema):
+    progress = fields.Float(metadata={"description": "0..1 of the generating job"})
+    eta_relative = fields.Float(metadata={"description": "seconds left, estimated"})
+    state = fields.Nested(SdapiProgressStateSchema)
+    current_image = fields.String(allow_none=True, metadata={"description": "always null"})
+    textinfo = fields.String(allow_none=True)
 
 
 class LoraFileSchema(Schema):

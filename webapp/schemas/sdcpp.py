@@ -35,24 +35,30 @@ class SampleParamsSchema(Schema):
     sample_steps = Int()
     eta = Num(allow_none=True)
     shifted_timestep = Int(validate=validate.Range(min=0, max=1000))
-    custom_sigmas = fields.List(Num())
+    custom_sigmas = fields.List(
+        Num(), metadata={"description": "descending sigmas; replace scheduler and sample_steps"}
+    )
     flow_shift = Num(allow_none=True)
     guidance = fields.Nested(GuidanceSchema)
 
 
 class LoraSchema(Schema):
-    path = fields.String(required=True)
-    multiplier = Num()
-    is_high_noise = fields.Boolean()
+    path = fields.String(
+        required=True, metadata={"description": "a name or path relative to the LoRA folder"}
+    )
+    multiplier = Num(metadata={"description": "default 1.0"})
+    is_high_noise = fields.Boolean(metadata={"description": "Wan 2.2 high-noise expert only"})
 
 
 class VaeTilingSchema(Schema):
+    """Decode the latent in overlapping tiles; sizes are in latent pixels (image / 8)."""
+
     enabled = fields.Boolean()
-    tile_size_x = Int()
-    tile_size_y = Int()
-    target_overlap = Num()
-    rel_size_x = Num()
-    rel_size_y = Num()
+    tile_size_x = Int(metadata={"description": "0 (default 32) or >= 8"})
+    tile_size_y = Int(metadata={"description": "0 (default 32) or >= 8"})
+    target_overlap = Num(metadata={"description": "share of a tile shared with its neighbour"})
+    rel_size_x = Num(metadata={"description": "<= 1: fraction of the latent; > 1: tile count"})
+    rel_size_y = Num(metadata={"description": "<= 1: fraction of the latent; > 1: tile count"})
 
 
 class GenerationSchema(Schema):
