@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from webapp.errors import invalid
+from webapp.hires_fields import hires_field
 from webapp.images import decode_image
 from webapp.lora_fields import lora_specs
 from webapp.sampler_names import (
@@ -174,6 +175,15 @@ def sdapi_fields(
         fields["loras"] = loras
     if img2img:
         fields.update(img2img_fields(data, caps))
+    else:
+        hires = hires_field(data)
+        if hires is not None:
+            fields["hires"] = hires
+    refiner = data.get("refiner_checkpoint")
+    if refiner and refiner.strip().lower() not in ("", "none"):
+        fields["refiner"] = model_name(refiner)
+        if "refiner_switch_at" in data:
+            fields["refiner_switch"] = float(data["refiner_switch_at"])
     output: dict[str, Any] = {}
     if "embed_image_metadata" in data:
         output["embed_metadata"] = data["embed_image_metadata"]

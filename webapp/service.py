@@ -22,6 +22,7 @@ from jaxvideo.request import GenerationRequest, build_request
 from jaxvideo.results import ModelInfo
 from webapp import a1111
 from webapp.errors import ApiError, invalid
+from webapp.hires_fields import resolve_hires
 from webapp.jobs import CANCELLED, CANCELLED_BY_SHUTDOWN, COMPLETED, JobTable, JobView
 from webapp.lora_fields import check_high_noise
 from webapp.tiling_fields import resolve_tiling
@@ -117,7 +118,18 @@ class Service:
         except InvalidRequest as exc:
             raise ApiError(400, str(exc)) from exc
         check_request(request, self.caps, names)
-        return resolve_tiling(request)  # relative tile sizes need the final width and height
+        if request.refiner is not None:
+            refiner = self.model_info(request.refiner)
+            if refiner.family != "sdxl_refiner" or info.family != "sdxl":
+                raise invalid(
+                    "refiner_checkpoint",
+                    f"{refiner.name!r} ({refiner.family}) cannot refine {info.name!r} "
+                    f"({info.family}): an sdxl_refiner model refines an sdxl model",
+                )
+            if not 0.0 < request.refiner_switch < 1.0:
+                raise invalid("refiner_switch_at", "must be between 0 and 1 (exclusive)")
+        # Relative tile sizes and hires scales need the final width and height.
+        return resolve_hires(resolve_tiling(request), self.caps.limits)
 
     def check_operator_defaults(self) -> None:
         """Fails start-up when `default_request` cannot produce a valid request."""

@@ -123,6 +123,8 @@ def sdcpp_fields(data: Mapping[str, Any], caps: Capabilities) -> tuple[dict[str,
         fields["steps"] = params["sample_steps"]
     if params.get("eta") is not None:
         fields["eta"] = params["eta"]
+    if params.get("shifted_timestep"):
+        fields["shifted_timestep"] = params["shifted_timestep"]
     if params.get("custom_sigmas"):
         fields.update(sigma_fields(params["custom_sigmas"], caps.limits.max_steps))
     guidance = params.get("guidance") or {}
@@ -168,8 +170,9 @@ def reject_unsupported(data: Mapping[str, Any]) -> None:
     if data.get("cache_mode", "disabled") not in ("", "disabled"):
         raise invalid("cache_mode", NOT_YET, code="unsupported")
     params = data.get("sample_params") or {}
-    if params.get("shifted_timestep"):
-        raise invalid("sample_params.shifted_timestep", NOT_YET, code="unsupported")
+    shift = params.get("shifted_timestep", 0)
+    if not 0 <= shift <= 1000:
+        raise invalid("sample_params.shifted_timestep", f"must be within [0, 1000], got {shift}")
     if params.get("flow_shift"):
         raise invalid("sample_params.flow_shift", NOT_YET, code="unsupported")
     if ((params.get("guidance") or {}).get("slg") or {}).get("scale"):

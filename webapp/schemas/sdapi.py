@@ -46,6 +46,21 @@ class Txt2ImgSchema(Schema):
     send_images = fields.Boolean(allow_none=True)
     save_images = fields.Boolean(allow_none=True)
     embed_image_metadata = fields.Boolean(allow_none=True)
+    # Hires fix (txt2img): a second img2img pass at hr_scale x the size (or hr_resize_x/y).
+    enable_hr = fields.Boolean(allow_none=True)
+    hr_scale = Num(allow_none=True, metadata={"description": "1..4, default 2"})
+    hr_upscaler = fields.String(
+        allow_none=True, metadata={"description": "Latent, Latent (nearest), Lanczos"}
+    )
+    hr_second_pass_steps = Int(allow_none=True, metadata={"description": "0 = same as steps"})
+    hr_resize_x = Int(allow_none=True)
+    hr_resize_y = Int(allow_none=True)
+    denoising_strength = Num(
+        allow_none=True, metadata={"description": "img2img strength; hires pass strength"}
+    )
+    # SDXL refiner: hand over to this configured model after refiner_switch_at of the schedule.
+    refiner_checkpoint = fields.String(allow_none=True)
+    refiner_switch_at = Num(allow_none=True, metadata={"description": "0..1, default 0.8"})
 
 
 class Img2ImgSchema(Txt2ImgSchema):
@@ -59,7 +74,6 @@ class Img2ImgSchema(Txt2ImgSchema):
     inpainting_mask_invert = Flag(
         allow_none=True, metadata={"description": "0/1 or boolean: repaint the unmasked part"}
     )
-    denoising_strength = Num(allow_none=True, metadata={"description": "clamped to 0..1"})
     include_init_images = fields.Boolean(
         allow_none=True, metadata={"description": "echo init_images and mask in parameters"}
     )
