@@ -44,7 +44,9 @@ def run_all(server, bodies: list[dict], timeout: float = 600) -> list[dict]:
     return [finished[i] for i in range(len(bodies))]
 
 
-def test_every_sampler_and_every_schedule_generates_through_sdcpp(server):
+def test_every_sampler_schedule_pair_generates_through_sdcpp(server):
+    """All advertised samplers, each with its default schedule and with every schedule."""
+
     def body(sample_params: dict) -> dict:
         # 3 steps: with 2, every schedule is just [sigma_max, sigma_min, 0].
         params = {"sample_steps": 3, **sample_params}
@@ -52,6 +54,13 @@ def test_every_sampler_and_every_schedule_generates_through_sdcpp(server):
 
     cases = [{"sample_method": s} for s in SAMPLERS]  # each with its default schedule
     cases += [{"sample_method": "euler", "scheduler": s} for s in SCHEDULERS]
+    cases += [
+        {"sample_method": sampler, "scheduler": schedule}
+        for sampler in SAMPLERS
+        if sampler != "euler"
+        for schedule in SCHEDULERS
+    ]
+    assert len(cases) == len(SAMPLERS) + len(SAMPLERS) * len(SCHEDULERS)
     started = time.monotonic()
     jobs = run_all(server, [body(case) for case in cases])
     elapsed = time.monotonic() - started
@@ -64,7 +73,8 @@ def test_every_sampler_and_every_schedule_generates_through_sdcpp(server):
     images = [pixels(job["result"]["images"][0]["b64_json"]) for job in jobs]
     assert all(image.shape == (64, 64, 3) for image in images)
     # Samplers really differ: ancestral, SDE and multistep ones do not all agree with euler.
-    sampler_images, schedule_images = images[: len(SAMPLERS)], images[len(SAMPLERS) :]
+    sampler_images = images[: len(SAMPLERS)]
+    schedule_images = images[len(SAMPLERS) : len(SAMPLERS) + len(SCHEDULERS)]
     by_sampler = {s: i.tobytes() for s, i in zip(SAMPLERS, sampler_images, strict=True)}
     assert by_sampler["euler"] != by_sampler["euler_a"]
     assert len(set(by_sampler.values())) >= len(SAMPLERS) // 2
