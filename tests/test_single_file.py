@@ -232,10 +232,9 @@ def test_ckpt_pickle_converts_like_safetensors(family_case, tmp_path):
         assert_same_weights(root / "from_file" / name, tmp_path / "out" / name)
 
 
+@pytest.mark.parametrize("family_case", ["sd2"], indirect=True)  # one family via the CLI
 def test_cli_converts_a_single_file_with_tokenizer_and_config_overrides(family_case, tmp_path):
     family, root, _ = family_case
-    if family != "sd2":
-        pytest.skip("one family through the CLI is enough")
     spec = importlib.util.spec_from_file_location(
         "convert_weights", REPO / "tools/convert_weights.py"
     )

@@ -62,7 +62,7 @@ BAD_REQUESTS = {
         # The native surface takes native names only.
         ({"sample_params": {"sample_method": "DPM++ 2M"}}, "sample_method"),
         ({"sample_params": {"scheduler": "SGM Uniform"}}, "scheduler"),
-        ({"sample_params": {"shifted_timestep": 500}}, "shifted_timestep"),
+        ({"sample_params": {"shifted_timestep": 2000}}, "shifted_timestep"),
         ({"sample_params": {"flow_shift": 3.0}}, "flow_shift"),
         ({"sample_params": {"guidance": {"slg": {"scale": 2.5}}}}, "slg.scale"),
         ({"cache_mode": "easycache"}, "cache_mode"),
