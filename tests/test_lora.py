@@ -18,11 +18,9 @@ from types import SimpleNamespace
 import jax
 import jax.numpy as jnp
 import numpy as np
+import peft  # noqa: E402, F401 - diffusers' load_lora_weights needs it
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("peft")
-
+import torch  # noqa: E402
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
 from flax import nnx  # noqa: E402
 from peft import LoraConfig  # noqa: E402

@@ -7,13 +7,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import diffusers  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
-
+import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 

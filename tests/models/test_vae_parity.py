@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import diffusers  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch  # noqa: E402
 from flax import nnx
 from safetensors.torch import load_file, save_file
-
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
 
 from jaxvideo.convert.core import ConversionError  # noqa: E402
 from jaxvideo.convert.diffusers_folder import convert_component  # noqa: E402
