@@ -75,15 +75,21 @@ def _apply_emphasis(hidden: jax.Array, weights: jax.Array) -> jax.Array:
     return weighted * (original_mean / weighted.mean(axis=(1, 2), keepdims=True))
 
 
-class ClipConditioner:
-    """SD 1.x / 2.x: the final-norm hidden states of one CLIP encoder (A1111 clip skip)."""
+class _Conditioner:
+    """Loads the family's encoders (component -> tokenizer folder in `ENCODERS`) and encodes
+    [negative, positive] with optional LoRA-merged weights by component name."""
+
+    ENCODERS: dict[str, str] = {}
 
     def __init__(self, model_dir: Path, dtype: str):
-        self.encoder = _Encoder(model_dir, "tokenizer", "text_encoder", dtype)
+        self.encoders = {
+            name: _Encoder(model_dir, tokenizer, name, dtype)
+            for name, tokenizer in self.ENCODERS.items()
+        }
 
     def states(self) -> dict[str, nnx.State]:
         """Text encoder weights by component name (what LoRAs patch)."""
-        return {"text_encoder": self.encoder.state}
+        return {name: encoder.state for name, encoder in self.encoders.items()}
 
     def __call__(
         self,
@@ -94,38 +100,40 @@ class ClipConditioner:
         height: int,
         states: dict[str, nnx.State] | None = None,
     ) -> Conditioning:
+        states = states or {}
+
+        def encode(name: str, skip_layers: int, final_norm: bool):
+            return self.encoders[name](
+                [negative_prompt, prompt], skip_layers, final_norm, states.get(name)
+            )
+
+        return self.condition(encode, negative_prompt, clip_skip, width, height)
+
+    def condition(self, encode, negative_prompt, clip_skip, width, height) -> Conditioning:
+        raise NotImplementedError
+
+
+class ClipConditioner(_Conditioner):
+    """SD 1.x / 2.x: the final-norm hidden states of one CLIP encoder (A1111 clip skip)."""
+
+    ENCODERS = {"text_encoder": "tokenizer"}
+
+    def condition(self, encode, negative_prompt, clip_skip, width, height) -> Conditioning:
         # A1111 clip skip: 1 (or <= 0: default) is the last layer, 2 the penultimate, ...
-        skip_layers = max(clip_skip, 1) - 1
-        state = (states or {}).get("text_encoder")
-        hidden, _ = self.encoder([negative_prompt, prompt], skip_layers, True, state)
+        hidden, _ = encode("text_encoder", max(clip_skip, 1) - 1, True)
         return Conditioning(hidden)
 
 
-class SDXLConditioner:
+class SDXLConditioner(_Conditioner):
     """SDXL: both encoders' penultimate layers (no final norm), pooled text_embeds, time_ids."""
 
-    def __init__(self, model_dir: Path, dtype: str):
-        self.encoder_1 = _Encoder(model_dir, "tokenizer", "text_encoder", dtype)
-        self.encoder_2 = _Encoder(model_dir, "tokenizer_2", "text_encoder_2", dtype)
+    ENCODERS = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
 
-    def states(self) -> dict[str, nnx.State]:
-        return {"text_encoder": self.encoder_1.state, "text_encoder_2": self.encoder_2.state}
-
-    def __call__(
-        self,
-        prompt: str,
-        negative_prompt: str,
-        clip_skip: int,
-        width: int,
-        height: int,
-        states: dict[str, nnx.State] | None = None,
-    ) -> Conditioning:
+    def condition(self, encode, negative_prompt, clip_skip, width, height) -> Conditioning:
         # SDXL always reads the penultimate layer; A1111 clip skip N > 2 goes further back.
         skip_layers = max(clip_skip, 2) - 1
-        prompts = [negative_prompt, prompt]
-        states = states or {}
-        hidden_1, _ = self.encoder_1(prompts, skip_layers, False, states.get("text_encoder"))
-        hidden_2, pooled = self.encoder_2(prompts, skip_layers, False, states.get("text_encoder_2"))
+        hidden_1, _ = encode("text_encoder", skip_layers, False)
+        hidden_2, pooled = encode("text_encoder_2", skip_layers, False)
         context = jnp.concatenate([hidden_1, hidden_2], axis=-1)
         if not negative_prompt:
             # diffusers' force_zeros_for_empty_prompt: no negative prompt means zero conditioning.
@@ -136,33 +144,17 @@ class SDXLConditioner:
         return Conditioning(context, (pooled, time_ids))
 
 
-class SDXLRefinerConditioner:
+class SDXLRefinerConditioner(_Conditioner):
     """The SDXL refiner: only the second (OpenCLIP bigG) encoder, and an aesthetic score in
     place of the crop/target-size time ids. Empty negative prompts are encoded, not zeroed
     (the refiner's force_zeros_for_empty_prompt is false)."""
 
+    ENCODERS = {"text_encoder_2": "tokenizer_2"}
     AESTHETIC_SCORE = 6.0
     NEGATIVE_AESTHETIC_SCORE = 2.5
 
-    def __init__(self, model_dir: Path, dtype: str):
-        self.encoder_2 = _Encoder(model_dir, "tokenizer_2", "text_encoder_2", dtype)
-
-    def states(self) -> dict[str, nnx.State]:
-        return {"text_encoder_2": self.encoder_2.state}
-
-    def __call__(
-        self,
-        prompt: str,
-        negative_prompt: str,
-        clip_skip: int,
-        width: int,
-        height: int,
-        states: dict[str, nnx.State] | None = None,
-    ) -> Conditioning:
-        skip_layers = max(clip_skip, 2) - 1
-        hidden, pooled = self.encoder_2(
-            [negative_prompt, prompt], skip_layers, False, (states or {}).get("text_encoder_2")
-        )
+    def condition(self, encode, negative_prompt, clip_skip, width, height) -> Conditioning:
+        hidden, pooled = encode("text_encoder_2", max(clip_skip, 2) - 1, False)
         time_ids = jnp.asarray(
             [
                 [height, width, 0, 0, self.NEGATIVE_AESTHETIC_SCORE],
