@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from jaxvideo.config import DEMO_PREFIX
 from jaxvideo.models.registry import class_name_of, spec_for
 from jaxvideo.tokenizers import write_tiny_clip_tokenizer
 from jaxvideo.weights import abstract_model, param_shapes, save_component
 
-DEMO_PREFIX = "demo:"
 READY_MARKER = ".complete"
 
 SD1_SCHEDULER = {

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jaxvideo.demo import DEMO_PREFIX, resolve_demo
+from jaxvideo.config import DEMO_PREFIX
+from jaxvideo.demo import resolve_demo
 from jaxvideo.errors import InvalidRequest
 from jaxvideo.pipelines import PIPELINES
 from jaxvideo.pipelines.hires import generate_with_hires

@@ -9,15 +9,19 @@ from jaxvideo.convert.diffusers_folder import convert_component
 from jaxvideo.convert.readers import find_weight_files
 
 
-def test_bin_and_safetensors_checkpoints_convert_to_identical_weights(tmp_path):
+def tiny_vae() -> AutoencoderKL:
     torch.manual_seed(0)
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         block_out_channels=(8, 16),
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
         norm_num_groups=4,
         layers_per_block=1,
     )
+
+
+def test_bin_and_safetensors_checkpoints_convert_to_identical_weights(tmp_path):
+    vae = tiny_vae()
     vae.save_pretrained(tmp_path / "st" / "vae", safe_serialization=True)
     vae.save_pretrained(tmp_path / "bin" / "vae", safe_serialization=False)
     assert find_weight_files(tmp_path / "bin" / "vae")[0].suffix == ".bin"
@@ -32,14 +36,7 @@ def test_bin_and_safetensors_checkpoints_convert_to_identical_weights(tmp_path):
 
 
 def test_conversion_to_bf16_halves_the_weights(tmp_path):
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4,
-        layers_per_block=1,
-    )
+    vae = tiny_vae()
     vae.save_pretrained(tmp_path / "src" / "vae")
     convert_component(tmp_path / "src" / "vae", tmp_path / "out" / "vae", dtype="bf16")
     weights = load_file(tmp_path / "out" / "vae" / "model.safetensors")

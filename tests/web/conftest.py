@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openai
 import pytest
 import requests
 from safetensors.numpy import save_file
@@ -179,3 +180,15 @@ def _wait_healthy(server: Server) -> None:
             pass
         time.sleep(0.5)
     raise AssertionError(f"server not healthy after {STARTUP_TIMEOUT_S} s:\n{server.log_tail()}")
+
+
+@pytest.fixture(scope="session")
+def client(server) -> openai.OpenAI:
+    """The official OpenAI SDK pointed at the test server (no retries, no proxies)."""
+    return openai.OpenAI(
+        base_url=f"{server.url}/v1",
+        api_key="anything",
+        http_client=openai.DefaultHttpxClient(trust_env=False),
+        max_retries=0,
+        timeout=300,
+    )

@@ -122,17 +122,6 @@ def test_sdapi_image_errors_name_the_field(server):
 # -- OpenAI -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{server.url}/v1",
-        api_key="anything",
-        http_client=openai.DefaultHttpxClient(trust_env=False),
-        max_retries=0,
-        timeout=300,
-    )
-
-
 def test_sdk_edits_with_and_without_a_mask(client, tmp_path):
     image = tmp_path / "image.png"
     image.write_bytes(png(noise(6, 96, 96)))  # resized to the requested size by the pipeline

@@ -42,17 +42,6 @@ def sdcpp_image(server, **body) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{server.url}/v1",
-        api_key="anything",
-        http_client=openai.DefaultHttpxClient(trust_env=False),
-        max_retries=0,
-        timeout=300,
-    )
-
-
-@pytest.fixture(scope="module")
 def plain(server) -> np.ndarray:
     return sdapi_image(server)
 

@@ -12,17 +12,6 @@ from PIL import Image
 MODEL = "sd1-tiny-demo"
 
 
-@pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{server.url}/v1",
-        api_key="anything",
-        http_client=openai.DefaultHttpxClient(trust_env=False),
-        max_retries=0,
-        timeout=300,
-    )
-
-
 def decode(b64: str) -> Image.Image:
     image = Image.open(io.BytesIO(base64.b64decode(b64)))
     image.load()
