@@ -66,6 +66,9 @@ class ServerConfig:
     max_steps: int = 150
     max_body_bytes: int = 64 * 1024 * 1024
     lora_dir: str | None = None
+    # Folder that `input_reference` file paths (FastVideo) must lie in; unset = paths refused
+    # (uploads and data URLs still work).
+    input_dir: str | None = None
     # Secrets are better kept out of YAML files, so the environment may supply the key.
     api_key: str | None = field(
         default_factory=lambda: os.environ.get("JAXVIDEO_API_KEY") or None, repr=False
@@ -158,7 +161,7 @@ def _server(raw: Any, base_dir: Path | None) -> ServerConfig:
     values: dict[str, Any] = {}
     for key, value in entry.items():
         where = f"server.{key}"
-        if key in ("output_dir", "lora_dir"):
+        if key in ("output_dir", "lora_dir", "input_dir"):
             values[key] = None if value is None else _resolve(_typed(value, where, str), base_dir)
         elif key == "api_key":
             values[key] = None if value is None else _typed(value, where, str)
@@ -181,12 +184,23 @@ _ANNOTATION_TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,),
     "float": (int, float),
     "None": (type(None),),
+    "bool": (bool,),
 }
 
 
 # Per-request inputs, not defaults: images, LoRA files (resolved per request inside
 # server.lora_dir), tiling and sigma lists have no sensible YAML form as an operator default.
-NON_DEFAULT_FIELDS = ("init_image", "mask_image", "loras", "vae_tiling", "custom_sigmas", "hires")
+NON_DEFAULT_FIELDS = (
+    "init_image",
+    "mask_image",
+    "end_image",
+    "loras",
+    "vae_tiling",
+    "custom_sigmas",
+    "hires",
+    "high_noise",
+    "continuation",
+)
 
 
 def _default_request(raw: Any) -> Mapping[str, Any]:
@@ -202,7 +216,7 @@ def _default_request(raw: Any) -> Mapping[str, Any]:
             )
         names = [part.strip() for part in str(fields[key].type).split("|")]
         allowed = tuple(t for name in names for t in _ANNOTATION_TYPES.get(name, (object,)))
-        if isinstance(value, bool) or not isinstance(value, allowed):
+        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
             raise ConfigError(f"{where}: expected {' | '.join(names)}, got {_show(value)}")
         out[key] = float(value) if "float" in names and isinstance(value, int) else value
     return types.MappingProxyType(out)

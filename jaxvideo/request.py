@@ -60,9 +60,43 @@ class GenerationRequest:
     # Hires fix (jaxvideo.hires.HiresFix): upscale and refine in a second img2img pass.
     hires: Any = None
 
+    # --- video (mode "vid_gen", Wan family) ---
+    # Frames to generate; Wan models round down to 4n+1 (34 -> 33) and report the real count.
+    num_frames: int = 1
+    # Playback rate written into the container (metadata; the model does not see it).
+    fps: int = 16
+    # First/last-frame-to-video: HxWx3 uint8 last frame (init_image is the first frame).
+    end_image: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # Flow-matching timestep shift; None = the model's own (its scheduler config).
+    flow_shift: float | None = None
+    # Wan 2.2: CFG scale of the low-noise expert (None = guidance_scale), the sigma at which
+    # the high-noise expert hands over (None = the model's boundary_ratio), and the high-noise
+    # stage's own sampling settings (HighNoiseParams; None = the same as the main ones).
+    guidance_scale_2: float | None = None
+    moe_boundary: float | None = None
+    high_noise: Any = None
+    # Continue a previous segment (jaxvideo.continuation.ContinuationState), and whether to
+    # hand back a new state that continues this one.
+    continuation: Any = None
+    return_state: bool = False
+
     def seeds(self) -> list[int]:
         """One seed per image: seed, seed+1, ... (the A1111 `all_seeds` convention)."""
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.batch_count)]
+
+
+@dataclass(frozen=True)
+class HighNoiseParams:
+    """Wan 2.2's high-noise stage (sd.cpp `high_noise_sample_params`). None fields inherit the
+    request's own. `steps` < 0 splits the request's schedule at `moe_boundary`; a positive
+    count runs that many high-noise steps before the request's `steps` low-noise ones."""
+
+    sampler: str | None = None
+    scheduler: str | None = None
+    steps: int = -1
+    guidance_scale: float | None = None
+    eta: float | None = None
+    flow_shift: float | None = None
 
 
 REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationRequest))

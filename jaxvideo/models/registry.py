@@ -37,6 +37,12 @@ _SPECS: dict[str, str] = {
     "CLIPTextModelWithProjection": "jaxvideo.models.clip:CLIP_TEXT_PROJ_SPEC",
     "UNet2DConditionModel": "jaxvideo.models.unet:UNET_SPEC",
     "AutoencoderKL": "jaxvideo.models.vae:VAE_SPEC",
+    "UMT5EncoderModel": "jaxvideo.models.t5:UMT5_SPEC",
+    "T5EncoderModel": "jaxvideo.models.t5:T5_SPEC",
+    "CLIPVisionModel": "jaxvideo.models.clip_vision:CLIP_VISION_SPEC",
+    "CLIPVisionModelWithProjection": "jaxvideo.models.clip_vision:CLIP_VISION_PROJ_SPEC",
+    "WanTransformer3DModel": "jaxvideo.models.wan:WAN_TRANSFORMER_SPEC",
+    "AutoencoderKLWan": "jaxvideo.models.wan_vae:WAN_VAE_SPEC",
 }
 
 
