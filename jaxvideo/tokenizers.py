@@ -7,7 +7,9 @@ byte-level vocabulary written by `write_tiny_clip_tokenizer`, which the standard
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -100,3 +102,100 @@ class PromptTokenizer:
 @lru_cache(maxsize=8)
 def load_tokenizer(tokenizer_dir: str) -> PromptTokenizer:
     return PromptTokenizer(tokenizer_dir)
+
+
+# T5's special-token layout (sentencepiece ids): <pad> 0, </s> 1, <unk> 2.
+T5_PAD, T5_EOS, T5_UNK = "<pad>", "</s>", "<unk>"
+_METASPACE = "\u2581"  # sentencepiece's word-boundary marker "▁"
+
+
+def _tiny_t5_pieces(vocab_size: int) -> list[str]:
+    """Single printable-ASCII characters, then word-initial ones, then lowercase pairs."""
+    chars = [chr(c) for c in range(ord("!"), ord("~") + 1)]
+    lower = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    pieces = [_METASPACE] + chars + [_METASPACE + c for c in chars]
+    pieces += [a + b for a in lower for b in lower]
+    least, most = len(chars) + 4, len(pieces) + 3
+    if not least <= vocab_size <= most:
+        raise ValueError(f"tiny T5 vocab_size must be in [{least}, {most}], got {vocab_size}")
+    return pieces[: vocab_size - 3]
+
+
+def write_tiny_t5_tokenizer(out_dir: str | Path, vocab_size: int = 256) -> int:
+    """Writes a small T5-style Unigram tokenizer folder (no download); returns its vocab size.
+
+    Built with the `tokenizers` library like transformers' `T5Tokenizer` (Metaspace
+    pre-tokenizer, `</s>` appended) so `AutoTokenizer` loads it as a T5 fast tokenizer.
+    Characters outside printable ASCII map to `<unk>`.
+    """
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+
+    pieces = _tiny_t5_pieces(vocab_size)
+    # Log-probabilities: a longer piece beats spelling it out, so pairs are used when present.
+    vocab = [(T5_PAD, 0.0), (T5_EOS, 0.0), (T5_UNK, 0.0)]
+    vocab += [(p, -10.0 - len(p)) for p in pieces]
+    tok = Tokenizer(Unigram(vocab, unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Metaspace(replacement=_METASPACE, prepend_scheme="always", split=True),
+        ]
+    )
+    tok.decoder = decoders.Metaspace(replacement=_METASPACE, prepend_scheme="always", split=True)
+    tok.post_processor = processors.TemplateProcessing(
+        single=["$A", T5_EOS],
+        pair=["$A", T5_EOS, "$B", T5_EOS],
+        special_tokens=[(T5_EOS, 1)],
+    )
+    tok.add_special_tokens([T5_PAD, T5_EOS, T5_UNK])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "T5Tokenizer",
+        "model_max_length": 512,
+        "eos_token": T5_EOS,
+        "pad_token": T5_PAD,
+        "unk_token": T5_UNK,
+        "extra_ids": 0,
+        "additional_special_tokens": [],
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (out / "special_tokens_map.json").write_text(
+        json.dumps({"eos_token": T5_EOS, "pad_token": T5_PAD, "unk_token": T5_UNK})
+    )
+    return tok.get_vocab_size()
+
+
+def t5_prompt_clean(text: str) -> str:
+    """diffusers' Wan `prompt_clean` without ftfy: html-unescape twice, collapse whitespace."""
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@lru_cache(maxsize=8)
+def _load_t5_tokenizer(tokenizer_dir: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+
+
+def t5_token_ids(
+    tokenizer_dir: str | Path, prompts: list[str], max_length: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and attention mask, int32 (B, max_length), as Wan's `_get_t5_prompt_embeds`.
+
+    Prompts are cleaned, `</s>` appended, truncated and padded with `<pad>` to `max_length`.
+    """
+    tok = _load_t5_tokenizer(str(tokenizer_dir))
+    encoded = tok(
+        [t5_prompt_clean(p) for p in prompts],
+        padding="max_length",
+        max_length=max_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_attention_mask=True,
+        return_tensors="np",
+    )
+    return encoded["input_ids"].astype(np.int32), encoded["attention_mask"].astype(np.int32)
