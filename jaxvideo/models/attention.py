@@ -22,13 +22,6 @@ def _xla_attention(query, key, value, mask, is_causal):
     return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=is_causal)
 
 
-def _query_chunk(q_len: int) -> int | None:
-    for size in (CPU_QUERY_CHUNK, 64, 32, 16):
-        if q_len % size == 0:
-            return size
-    return None
-
-
 def chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
     """Unmasked attention one head and one block of queries at a time (memory-efficient).
 
@@ -37,9 +30,14 @@ def chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax
     """
     batch, q_len, heads, head_dim = query.shape
     kv_len = key.shape[1]
-    chunk = _query_chunk(q_len)
+    chunk = CPU_QUERY_CHUNK
+    # Lengths that do not divide (video token counts rarely do) get zero query rows, sliced
+    # off below: cheaper than falling back to small blocks.
+    padded = -(-q_len // chunk) * chunk
+    if padded != q_len:
+        query = jnp.pad(query, ((0, 0), (0, padded - q_len), (0, 0), (0, 0)))
     scale = head_dim**-0.5
-    q = (query * scale).transpose(0, 2, 1, 3).reshape(batch * heads, q_len // chunk, chunk, -1)
+    q = (query * scale).transpose(0, 2, 1, 3).reshape(batch * heads, padded // chunk, chunk, -1)
     k = key.transpose(0, 2, 1, 3).reshape(batch * heads, kv_len, head_dim)
     v = value.transpose(0, 2, 1, 3).reshape(batch * heads, kv_len, value.shape[-1])
 
@@ -54,12 +52,12 @@ def chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax
         return jax.lax.map(one_block, q_blocks)
 
     out = jax.lax.map(one_head, (q, k, v))
-    return out.reshape(batch, heads, q_len, -1).transpose(0, 2, 1, 3)
+    return out.reshape(batch, heads, padded, -1)[:, :, :q_len].transpose(0, 2, 1, 3)
 
 
 def _cpu_attention(query, key, value, mask, is_causal):
     large = query.shape[1] * key.shape[1] >= CPU_CHUNK_MIN_SCORES
-    if large and mask is None and not is_causal and _query_chunk(query.shape[1]):
+    if large and mask is None and not is_causal:
         return chunked_attention(query, key, value)
     return _xla_attention(query, key, value, mask, is_causal)
 
