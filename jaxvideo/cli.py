@@ -1,9 +1,11 @@
-"""`jaxvideo generate`: text-to-image (and img2img / inpainting) from the command line.
+"""`jaxvideo generate`: text-to-image (img2img, inpainting) and text/image-to-video from the
+command line.
 
 Runs the same engine the server runs, without HTTP:
 
     jaxvideo generate "a lighthouse at dusk" --model /models/sd15-jax --size 512x512 \
         --steps 25 --sampler euler_a --seed 42 -o lighthouse.png
+    jaxvideo generate "waves at dusk" --model demo:wan-tiny --family wan21 --frames 17 -o waves.mp4
 
 `--model` takes a converted model folder or `demo:sd1-tiny`; `--config` takes a serve YAML
 (its first model, or the one named by `--model-name`, and its `default_request`).
@@ -23,8 +25,11 @@ from tqdm import tqdm
 
 from jaxvideo.config import ConfigError, config_from_dict, load_config
 from jaxvideo.errors import InvalidRequest
-from jaxvideo.media import encode_image
+from jaxvideo.media import encode_image, encode_video
 from jaxvideo.request import build_request
+
+# Output suffixes that make a video (animated WebP stays an image suffix: .webp is a picture).
+VIDEO_SUFFIXES = {".mp4": "mp4", ".webm": "webm", ".avi": "avi"}
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -44,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="converted model folder or demo:<name> (default: demo)")
     source.add_argument("--config", help="serve YAML; uses its first model and default_request")
     gen.add_argument("--model-name", help="with --config: which configured model to use")
-    gen.add_argument("--family", default="sd1", help="with --model: sd1 | sd2 | sdxl")
+    gen.add_argument(
+        "--family", default="sd1", help="with --model: sd1 | sd2 | sdxl | wan21 | wan22"
+    )
     gen.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     gen.add_argument("-n", "--negative-prompt")
     gen.add_argument("--size", type=_size, help="WIDTHxHEIGHT (default: the family's)")
@@ -58,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--init-image", type=Path, help="img2img: start from this image")
     gen.add_argument("--mask", type=Path, help="inpainting: white = repaint")
     gen.add_argument("--strength", type=float, help="img2img strength in [0, 1]")
+    video = parser.add_argument_group("video (Wan models; an .mp4/.webm/.avi output makes a video)")
+    video.add_argument("--frames", type=int, dest="num_frames", help="rounded down to 4n+1")
+    video.add_argument("--fps", type=int)
+    video.add_argument("--end-image", type=Path, help="last frame (first/last-frame models)")
+    video.add_argument("--flow-shift", type=float, dest="flow_shift")
     gen.add_argument(
         "-o",
         "--output",
@@ -87,8 +99,11 @@ def _client_fields(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
         "batch_count",
         "clip_skip",
         "strength",
+        "num_frames",
+        "fps",
+        "flow_shift",
     ):
-        value = getattr(args, key)
+        value = getattr(args, key, None)
         if value is not None:
             fields[key] = value
     if args.size:
@@ -100,7 +115,15 @@ def _client_fields(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
             fields["width"], fields["height"] = w // 8 * 8, h // 8 * 8
     if args.mask:
         fields["mask_image"] = np.asarray(Image.open(args.mask).convert("L"))
+    if getattr(args, "end_image", None):
+        fields["end_image"] = np.asarray(Image.open(args.end_image).convert("RGB"))
+    if _video_format(args.output) is not None:
+        fields["mode"] = "vid_gen"
     return fields
+
+
+def _video_format(output: Path) -> str | None:
+    return VIDEO_SUFFIXES.get(output.suffix.lower())
 
 
 def _output_paths(output: Path, count: int) -> list[Path]:
@@ -127,6 +150,8 @@ def generate(args: argparse.Namespace) -> int:
 
     result = engine.generate(request, progress=progress)
     bar.close()
+    if result.videos:
+        return _write_videos(args.output, result, request)
     fmt = {".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}.get(args.output.suffix.lower(), "png")
     for path, pixels, seed in zip(
         _output_paths(args.output, len(result.images)), result.images, result.seeds, strict=True
@@ -143,6 +168,18 @@ def generate(args: argparse.Namespace) -> int:
         }
         path.write_bytes(encode_image(pixels, fmt, 95, meta))
         print(f"wrote {path} ({pixels.shape[1]}x{pixels.shape[0]}, seed {seed})")
+    return 0
+
+
+def _write_videos(output: Path, result, request) -> int:
+    fmt = _video_format(output) or "mp4"
+    fps = result.fps or request.fps
+    for path, frames, seed in zip(
+        _output_paths(output, len(result.videos)), result.videos, result.seeds, strict=True
+    ):
+        path.write_bytes(encode_video(frames, fps, fmt))
+        height, width = frames.shape[1:3]
+        print(f"wrote {path} ({len(frames)} frames {width}x{height} at {fps} fps, seed {seed})")
     return 0
 
 

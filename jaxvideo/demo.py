@@ -109,7 +109,7 @@ def random_params(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np
     return params
 
 
-def _save_random_component(out_dir: Path, hf_config: dict[str, Any], seed: int) -> None:
+def save_random_component(out_dir: Path, hf_config: dict[str, Any], seed: int) -> None:
     spec = spec_for(class_name_of(hf_config))
     shapes = param_shapes(abstract_model(spec, spec.config_from_hf(hf_config)))
     save_component(out_dir, hf_config, random_params(shapes, seed))
@@ -120,7 +120,7 @@ def build_sd1_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     vocab_size = write_tiny_clip_tokenizer(out / "tokenizer")
     for i, (name, cfg) in enumerate(sd1_tiny_configs(vocab_size).items()):
-        _save_random_component(out / name, cfg, seed + i)
+        save_random_component(out / name, cfg, seed + i)
     (out / "scheduler").mkdir(exist_ok=True)
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD1_SCHEDULER, indent=2))
     index = {
@@ -141,7 +141,23 @@ def build_sd1_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
-BUILDERS = {"sd1-tiny": build_sd1_tiny}
+def _build_wan_tiny(out_dir: Path) -> Path:
+    from jaxvideo.demo_wan import build_wan_tiny
+
+    return build_wan_tiny(out_dir)
+
+
+def _build_wan22_tiny(out_dir: Path) -> Path:
+    from jaxvideo.demo_wan import build_wan22_tiny
+
+    return build_wan22_tiny(out_dir)
+
+
+BUILDERS = {
+    "sd1-tiny": build_sd1_tiny,
+    "wan-tiny": _build_wan_tiny,
+    "wan22-tiny": _build_wan22_tiny,
+}
 
 
 def cache_dir() -> Path:

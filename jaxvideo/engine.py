@@ -11,13 +11,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from jaxvideo.config import DEMO_PREFIX
+from jaxvideo.continuation import last_frame_of, wan_state
 from jaxvideo.demo import resolve_demo
 from jaxvideo.errors import InvalidRequest
-from jaxvideo.pipelines import PIPELINES
+from jaxvideo.pipelines import VIDEO_FAMILIES, pipeline_class
 from jaxvideo.pipelines.hires import generate_with_hires
 from jaxvideo.pipelines.refine import generate_with_refiner
 from jaxvideo.request import GenerationRequest
@@ -57,19 +59,24 @@ class Engine:
                     f"but {folder} holds {family!r}"
                 )
             try:
-                pipeline_cls = PIPELINES[spec.family]
+                pipeline_cls = pipeline_class(spec.family)
             except KeyError:
                 raise ValueError(
                     f"model {spec.name!r}: family {spec.family!r} not supported"
                 ) from None
-            self._pipelines[spec.name] = pipeline_cls(folder, dtype=spec.dtype)
+            pipeline = pipeline_cls(folder, dtype=spec.dtype)
+            self._pipelines[spec.name] = pipeline
+            video = spec.family in VIDEO_FAMILIES
             self._infos[spec.name] = ModelInfo(
                 name=spec.name,
                 family=spec.family,
                 path=str(folder),
-                modes=("img_gen",),
+                modes=("img_gen", "vid_gen") if video else ("img_gen",),
                 created=int((folder / "model_index.json").stat().st_mtime),
                 dtype=spec.dtype,
+                samplers=tuple(getattr(pipeline, "samplers", ())),
+                schedulers=tuple(getattr(pipeline, "schedulers", ())),
+                features=dict(getattr(pipeline, "features", {})),
             )
             log.info(
                 "loaded %s (%s) from %s in %.1fs",
@@ -102,7 +109,12 @@ class Engine:
         progress: Callable[[int, int], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> GenerationResult:
-        pipeline = self._pipelines[self.model_info(request.model).name]
+        info = self.model_info(request.model)
+        pipeline = self._pipelines[info.name]
+        if request.mode not in info.modes:
+            raise InvalidRequest(f"model {info.name!r} does not support {request.mode}")
+        if info.family in VIDEO_FAMILIES:
+            return self._generate_video(info, pipeline, request, progress, cancelled)
         refiner = None
         if request.refiner:
             refiner = self._pipelines[self.model_info(request.refiner).name]
@@ -114,3 +126,32 @@ class Engine:
             if request.hires is not None:
                 return generate_with_hires(pipeline, request, progress, cancelled)
             return pipeline.generate(request, progress=progress, cancelled=cancelled)
+
+    def _generate_video(
+        self,
+        info: ModelInfo,
+        pipeline: Any,
+        request: GenerationRequest,
+        progress: Callable[[int, int], None] | None,
+        cancelled: Callable[[], bool] | None,
+    ) -> GenerationResult:
+        """Wan: a continuation state becomes the first frame; `return_state` hands one back."""
+        segment = 0
+        if request.continuation is not None:
+            state = request.continuation
+            if state.payload["model"] != info.name:
+                raise InvalidRequest(
+                    f"state was produced by model {state.payload['model']!r}, "
+                    f"not {info.name!r}; continue with the same model"
+                )
+            if request.init_image is not None:
+                raise InvalidRequest("a continuation state and an init_image cannot be combined")
+            segment = state.payload["segment_index"] + 1
+            request = replace(request, init_image=last_frame_of(state), continuation=None)
+        with self._lock:
+            result = pipeline.generate(request, progress=progress, cancelled=cancelled)
+        if request.return_state and result.videos:
+            last = result.videos[0][-1]
+            result.state = wan_state(segment, info.name, last, request.fps).to_json()
+        result.info["segment_index"] = segment
+        return result

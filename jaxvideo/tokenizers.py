@@ -169,8 +169,11 @@ def write_tiny_t5_tokenizer(out_dir: str | Path, vocab_size: int = 256) -> int:
 
 
 def t5_prompt_clean(text: str) -> str:
-    """diffusers' Wan `prompt_clean` without ftfy: html-unescape twice, collapse whitespace."""
-    text = html.unescape(html.unescape(text)).strip()
+    """diffusers' (and the Wan release's) `prompt_clean`: ftfy's mojibake repair, html-unescape
+    twice, collapse whitespace."""
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return re.sub(r"\s+", " ", text).strip()
 
 

@@ -14,8 +14,19 @@ from jaxvideo.models.registry import class_name_of, spec_for
 from jaxvideo.weights import CONFIG_FILE, abstract_model, param_shapes, save_component
 
 # Components copied verbatim: tokenizers and scheduler configs need no conversion.
-COPIED = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
-CONVERTED = ("text_encoder", "text_encoder_2", "unet", "vae")
+COPIED = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor", "image_processor")
+CONVERTED = (
+    "text_encoder",
+    "text_encoder_2",
+    "image_encoder",
+    "unet",
+    "transformer",
+    "transformer_2",
+    "vae",
+)
+# Pipeline settings (model_index.json) the Wan pipelines read: the Wan 2.2 expert switch and
+# TI2V's per-token timesteps.
+CARRIED_SETTINGS = ("boundary_ratio", "expand_timesteps")
 
 MODEL_INDEX = "model_index.json"
 
@@ -76,8 +87,8 @@ def convert_diffusers_folder(
         if (src / name).is_dir():
             shutil.copytree(src / name, dst / name, dirs_exist_ok=True)
             components[name] = "copied"
-    if "unet" not in components:
-        raise ConversionError(f"{src}: no unet component found")
+    if "unet" not in components and "transformer" not in components:
+        raise ConversionError(f"{src}: no unet or transformer component found")
     out_index = {
         "format": "jaxvideo",
         "format_version": 1,
@@ -85,12 +96,25 @@ def convert_diffusers_folder(
         "dtype": dtype,
         "source_class": index.get("_class_name"),
         "components": components,
+        **{key: index[key] for key in CARRIED_SETTINGS if index.get(key) is not None},
     }
     (dst / MODEL_INDEX).write_text(json.dumps(out_index, indent=2))
     return out_index
 
 
 def detect_family(index: dict[str, Any], dst: Path) -> str:
+    """The model family of a converted folder: Wan by its transformer, else an SD family."""
+    transformer = dst / "transformer" / CONFIG_FILE
+    if transformer.is_file():
+        if json.loads(transformer.read_text()).get("_class_name") != "WanTransformer3DModel":
+            raise ConversionError(f"{dst}: unsupported transformer (only Wan is supported)")
+        # Wan 2.2: two experts (A14B) or per-token timesteps with the 48-channel VAE (TI2V).
+        wan22 = (dst / "transformer_2").is_dir() or index.get("expand_timesteps")
+        return "wan22" if wan22 else "wan21"
+    return detect_sd_family(index, dst)
+
+
+def detect_sd_family(index: dict[str, Any], dst: Path) -> str:
     """SD family: SDXL by its text_time conditioning, SD 2.x by its OpenCLIP text encoder
     (plain GELU, where SD 1.x's CLIP ViT-L uses quick GELU) or 1024-wide cross-attention."""
     unet = json.loads((dst / "unet" / CONFIG_FILE).read_text())

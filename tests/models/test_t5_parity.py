@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+import ftfy
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -43,7 +44,7 @@ def _diffusers_prompt_clean():
     """diffusers' Wan `prompt_clean`, executed from its source file.
 
     Importing `diffusers.pipelines.wan` costs ~10 s of this file's budget; the three cleaning
-    functions only need `html`, `re` and the ftfy probe.
+    functions only need `html`, `re` and ftfy (a jaxvideo dependency, as in Wan's release).
     """
     import diffusers.pipelines.wan as wan
 
@@ -52,7 +53,7 @@ def _diffusers_prompt_clean():
     tree = ast.parse(source)
     tree.body = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
     assert {n.name for n in tree.body} == names
-    scope = {"html": html, "re": re, "is_ftfy_available": is_ftfy_available}
+    scope = {"html": html, "re": re, "is_ftfy_available": is_ftfy_available, "ftfy": ftfy}
     exec(compile(tree, "pipeline_wan.py", "exec"), scope)
     return scope["prompt_clean"]
 
@@ -275,6 +276,7 @@ PROMPTS = [
     "A cat &amp;amp; a   dog,\n running on the beach!",
     "  tiny\tprompt  ",
     "x" * 80,  # longer than max_length: truncated, </s> kept
+    "mojibake: cafÃ© Ã  la carte",  # ftfy repairs this to "café à la carte"
 ]
 
 
@@ -299,8 +301,8 @@ def test_t5_token_ids_match_wan_tokenisation(tmp_path: Path) -> None:
     tokenizers.write_tiny_t5_tokenizer(folder)
     tok = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     max_length = 32
-    # diffusers' WanPipeline._get_t5_prompt_embeds; ftfy is optional there and absent here.
-    assert not is_ftfy_available()
+    # diffusers' WanPipeline._get_t5_prompt_embeds, with ftfy's text repair as Wan runs it.
+    assert is_ftfy_available()
     expected = tok(
         [prompt_clean(p) for p in PROMPTS],
         padding="max_length",
@@ -315,6 +317,7 @@ def test_t5_token_ids_match_wan_tokenisation(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ids, expected["input_ids"])
     np.testing.assert_array_equal(mask, expected["attention_mask"])
     assert [tokenizers.t5_prompt_clean(p) for p in PROMPTS] == [prompt_clean(p) for p in PROMPTS]
+    assert tokenizers.t5_prompt_clean(PROMPTS[3]) == "mojibake: café à la carte"
     assert mask[2].all() and ids[2, -1] == 1  # truncated row still ends with </s>
     assert not mask[1].all() and (ids[1][mask[1] == 0] == 0).all()  # padded with <pad>
     again, _ = tokenizers.t5_token_ids(str(folder), PROMPTS[:1], max_length=max_length)

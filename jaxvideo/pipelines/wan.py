@@ -1,0 +1,594 @@
+"""Wan 2.1 / 2.2 video: prompt -> UMT5 context -> flow-matching sampler over the transformer(s)
+-> causal video VAE decoded latent frame by latent frame.
+
+Variants, told apart by the converted folder: text-to-video (transformer input = latents);
+image-to-video and first/last-frame (Wan 2.1 I2V/FLF2V, Wan 2.2 I2V: input = latents + frame
+mask + VAE latents of the conditioning video, and for Wan 2.1 CLIP image tokens); Wan 2.2's two
+experts (`transformer` above the noise boundary, `transformer_2` below it); Wan 2.2 TI2V
+(`expand_timesteps`: the first latent frame is pinned to the image and gets timestep 0).
+
+A text-to-video model given a first frame (sd.cpp `init_image`, or a continuation) pins the
+first latent frame to the image's latents, as inpainting does over time: the VAE is causal, so
+that latent frame encodes exactly one picture.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxvideo.errors import Cancelled, InvalidRequest
+from jaxvideo.lora import LoraCache
+from jaxvideo.media import resize_image
+from jaxvideo.request import GenerationRequest, HighNoiseParams
+from jaxvideo.results import GenerationResult
+from jaxvideo.sampling.flow import (
+    FLOW_SAMPLER_DEFAULT,
+    FLOW_SAMPLER_FNS,
+    FLOW_SCHEDULES,
+    flow_sigmas,
+)
+from jaxvideo.tokenizers import t5_token_ids
+from jaxvideo.weights import load_component, read_config
+
+ProgressFn = Callable[[int, int], None]
+CancelledFn = Callable[[], bool]
+
+TEMPORAL_SCALE = 4  # the Wan VAE's frame compression: 4n + 1 frames -> n + 1 latent frames
+SPATIAL_SCALE = 8
+TEXT_LENGTH = 512  # diffusers' max_sequence_length for Wan
+# sd.cpp names that mean the plain shifted schedule for flow models.
+SCHEDULE_ALIASES = {
+    "default": "discrete",
+    "": "discrete",
+    "normal": "discrete",
+    "sgm_uniform": "discrete",
+}
+
+_WAN_DEFAULTS: dict[str, Any] = {
+    "width": 832,
+    "height": 480,
+    "num_frames": 81,
+    "fps": 16,
+    "steps": 50,
+    "guidance_scale": 5.0,
+    "sampler": FLOW_SAMPLER_DEFAULT,
+    "scheduler": "discrete",
+}
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "wan21": dict(_WAN_DEFAULTS),
+    # Wan 2.2 A14B's published settings: 40 steps, CFG 4 (high noise) / 3 (low noise).
+    "wan22": {**_WAN_DEFAULTS, "steps": 40, "guidance_scale": 4.0, "guidance_scale_2": 3.0},
+}
+
+
+def frame_count(requested: int) -> int:
+    """The largest 4n + 1 not above `requested` (34 -> 33, 32 -> 29); at least 1."""
+    return max(1, (requested - 1) // TEMPORAL_SCALE * TEMPORAL_SCALE + 1)
+
+
+class WanPipeline:
+    """One loaded Wan model: UMT5 encoder, one or two transformers, video VAE, [CLIP vision]."""
+
+    def __init__(self, model_dir: str | Path, dtype: str = "fp32"):
+        self.model_dir = Path(model_dir)
+        index = json.loads((self.model_dir / "model_index.json").read_text())
+        self.family = index.get("family")
+        if self.family not in FAMILY_DEFAULTS:
+            raise ValueError(f"{model_dir}: family {self.family!r} is not a Wan family")
+        self._defaults = {**FAMILY_DEFAULTS[self.family], **index.get("defaults", {})}
+        self.boundary_ratio = index.get("boundary_ratio")
+        self.expand_timesteps = bool(index.get("expand_timesteps", False))
+
+        scheduler_path = self.model_dir / "scheduler" / "scheduler_config.json"
+        scheduler = json.loads(scheduler_path.read_text()) if scheduler_path.is_file() else {}
+        self.flow_shift = float(scheduler.get("flow_shift") or scheduler.get("shift") or 3.0)
+        self.num_train_timesteps = int(scheduler.get("num_train_timesteps", 1000))
+
+        self.tokenizer_dir = str(self.model_dir / "tokenizer")
+        self._text_def, self._text_state = nnx.split(
+            load_component(self.model_dir, "text_encoder", dtype=dtype)
+        )
+        vae_config = read_config(self.model_dir / "vae")
+        self.z_dim = int(vae_config.get("z_dim", 16))
+        self.latents_mean = jnp.asarray(vae_config["latents_mean"], jnp.float32)
+        self.latents_std = jnp.asarray(vae_config["latents_std"], jnp.float32)
+        self._vae_def, self._vae_state = nnx.split(
+            load_component(self.model_dir, "vae", dtype=dtype)
+        )
+        self._experts: dict[str, tuple[nnx.GraphDef, nnx.State]] = {}
+        for name in ("transformer", "transformer_2"):
+            if (self.model_dir / name).is_dir():
+                self._experts[name] = nnx.split(load_component(self.model_dir, name, dtype=dtype))
+        if "transformer" not in self._experts:
+            raise ValueError(f"{model_dir}: no transformer component")
+        if "transformer_2" in self._experts and self.boundary_ratio is None:
+            raise ValueError(f"{model_dir}: two transformers but no boundary_ratio")
+        transformer_config = read_config(self.model_dir / "transformer")
+        self.in_channels = int(transformer_config["in_channels"])
+        self.patch_size = tuple(transformer_config.get("patch_size", (1, 2, 2)))
+        # Image conditioning through the input channels: latents + 4 mask + z_dim image latents.
+        self.is_i2v = self.in_channels == 2 * self.z_dim + TEMPORAL_SCALE
+        self.image_tokens = transformer_config.get("image_dim") is not None
+        self._image_encoder = None
+        self.clip_size = _clip_crop_size(self.model_dir / "image_processor")
+        if self.image_tokens:
+            self._image_encoder = nnx.split(
+                load_component(self.model_dir, "image_encoder", dtype=dtype)
+            )
+        self.dtype = jax.tree.leaves(self._experts["transformer"][1])[0].dtype
+        self._loras = LoraCache(max_entries=4, merge_fn=self._merge_loras)
+
+    # --- what the engine reports ---------------------------------------------------------------
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return dict(self._defaults)
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        return tuple(FLOW_SAMPLER_FNS)
+
+    @property
+    def schedulers(self) -> tuple[str, ...]:
+        return tuple(FLOW_SCHEDULES)
+
+    @property
+    def features(self) -> dict[str, tuple[str, ...]]:
+        video = ["init_image", "lora", "cancel_queued", "cancel_generating"]
+        if self.is_i2v or self.image_tokens:
+            video.append("end_image")
+        if "transformer_2" in self._experts:
+            video.append("high_noise_sample_params")
+        image = ["lora", "cancel_queued", "cancel_generating"]
+        return {"vid_gen": tuple(video), "img_gen": tuple(image)}
+
+    def __hash__(self) -> int:  # jit over methods hashes `self`: identity is right
+        return id(self)
+
+    # --- compiled pieces -----------------------------------------------------------------------
+
+    @partial(jax.jit, static_argnums=(0,))
+    def _encode_text(self, state, ids: jax.Array, mask: jax.Array) -> jax.Array:
+        encoder = nnx.merge(self._text_def, state)
+        hidden = encoder(ids, mask).astype(jnp.float32)
+        # diffusers trims each prompt to its real length and pads with zeros.
+        return hidden * mask[..., None].astype(jnp.float32)
+
+    @partial(jax.jit, static_argnums=(0,))
+    def _encode_image_tokens(self, state, pixels: jax.Array) -> jax.Array:
+        encoder = nnx.merge(self._image_encoder[0], state)
+        return encoder(pixels, output_layer=-2).astype(jnp.float32)
+
+    @partial(jax.jit, static_argnums=(0, 1, 10))
+    def _denoise(
+        self,
+        expert: str,
+        state,
+        x,
+        sigma,
+        timestep,
+        context,
+        image_context,
+        condition,
+        guidance,
+        use_cfg,
+    ):
+        """Flow denoiser with CFG: x0 = x - sigma * v, v from the (guided) transformer.
+
+        `condition` is the I2V channel input (mask + image latents), or for TI2V the pinned
+        first-frame latents with their mask; `context` holds [negative, positive] under CFG.
+        """
+        model = nnx.merge(self._experts[expert][0], state)
+        x_in = x
+        batch = x.shape[0]
+        if self.expand_timesteps and condition is not None:
+            pinned, keep = condition  # keep: (1, F, h, w, 1), 0 on the pinned first frame
+            x_in = (1.0 - keep) * pinned + keep * x
+            patch_t, patch_h, patch_w = self.patch_size
+            token_mask = keep[0, ::patch_t, ::patch_h, ::patch_w, 0].reshape(-1)
+            t_in = jnp.broadcast_to(token_mask * timestep, (batch, token_mask.shape[0]))
+        else:
+            if condition is not None:
+                x_in = jnp.concatenate([x, condition], axis=-1)
+            t_in = jnp.full((batch,), timestep, jnp.float32)
+        x_in = x_in.astype(self.dtype)
+        if use_cfg:
+            x_in = jnp.concatenate([x_in, x_in])
+            t_in = jnp.concatenate([t_in, t_in])
+            if image_context is not None:
+                image_context = jnp.concatenate([image_context, image_context])
+        v = model(x_in, t_in, context.astype(self.dtype), image_context).astype(jnp.float32)
+        if use_cfg:
+            v_uncond, v_cond = jnp.split(v, 2)
+            v = v_uncond + guidance * (v_cond - v_uncond)
+        return x - sigma * v
+
+    @partial(jax.jit, static_argnums=(0,))
+    def _encode_video(self, state, video: jax.Array) -> jax.Array:
+        """(1, F, H, W, 3) in [-1, 1] -> normalised latent means (1, T, h, w, z) (diffusers'
+        `sample_mode="argmax"`)."""
+        vae = nnx.merge(self._vae_def, state)
+        mean, _ = vae.encode(video.astype(self.dtype))
+        return (mean.astype(jnp.float32) - self.latents_mean) / self.latents_std
+
+    def timestep(self, sigma: float) -> float:
+        """The transformer's timestep: diffusers and the Wan release truncate sigma * 1000 to
+        an integer (their schedulers keep timesteps as int64)."""
+        return float(np.floor(np.float64(sigma) * self.num_train_timesteps))
+
+    def _denormalise(self, latents: jax.Array) -> jax.Array:
+        return (latents * self.latents_std + self.latents_mean).astype(self.dtype)
+
+    @partial(jax.jit, static_argnums=(0,))
+    def _decode_first(self, state, z, cache):
+        vae = nnx.merge(self._vae_def, state)
+        frames, cache = vae.decode_first(self._denormalise(z), cache)
+        return _to_uint8(frames), cache
+
+    @partial(jax.jit, static_argnums=(0,))
+    def _decode_next(self, state, z, cache):
+        vae = nnx.merge(self._vae_def, state)
+        frames, cache = vae.decode_next(self._denormalise(z), cache)
+        return _to_uint8(frames), cache
+
+    def decode(self, latents: jax.Array) -> np.ndarray:
+        """Latents (B, T, h, w, z) -> (B, 1 + 4 (T - 1), H, W, 3) uint8, one latent frame at a
+        time, so device memory holds one chunk of frames however long the video is."""
+        vae = nnx.merge(self._vae_def, self._vae_state)
+        batch, count, h, w, _ = latents.shape
+        cache = vae.init_decode_cache(batch, h, w)
+        chunks = []
+        for i in range(count):
+            step = self._decode_first if i == 0 else self._decode_next
+            frames, cache = step(self._vae_state, latents[:, i : i + 1], cache)
+            chunks.append(np.asarray(frames))
+        return np.concatenate(chunks, axis=1)
+
+    # --- request handling ----------------------------------------------------------------------
+
+    def validate(self, req: GenerationRequest) -> tuple[str, str]:
+        """Checks what only the model knows; returns the resolved (sampler, scheduler)."""
+        multiple = SPATIAL_SCALE * self.patch_size[1]
+        if req.width % multiple or req.height % multiple:
+            raise InvalidRequest(f"width and height must be multiples of {multiple} for Wan")
+        sampler = _resolve_sampler(req.sampler, self._defaults["sampler"])
+        scheduler = _resolve_scheduler(req.scheduler)
+        if req.steps < 1:
+            raise InvalidRequest("steps must be at least 1")
+        if req.num_frames < 1:
+            raise InvalidRequest("num_frames must be at least 1")
+        if self.is_i2v and req.init_image is None:
+            raise InvalidRequest("this image-to-video model needs an init_image (first frame)")
+        if req.end_image is not None and "end_image" not in self.features["vid_gen"]:
+            raise InvalidRequest("this model has no last-frame conditioning (end_image)")
+        if req.high_noise is not None and "transformer_2" not in self._experts:
+            raise InvalidRequest("high_noise_sample_params need a two-expert (Wan 2.2) model")
+        if req.custom_sigmas:
+            raise InvalidRequest("custom_sigmas are not supported for Wan models yet")
+        if req.shifted_timestep:
+            raise InvalidRequest("shifted_timestep applies to SD epsilon models only")
+        if req.flow_shift is not None and req.flow_shift <= 0:
+            raise InvalidRequest("flow_shift must be positive")
+        for name in ("moe_boundary",):
+            value = getattr(req, name)
+            if value is not None and not 0.0 < value < 1.0:
+                raise InvalidRequest(f"{name} must be within (0, 1)")
+        return sampler, scheduler
+
+    def _text_context(self, req: GenerationRequest, states) -> jax.Array:
+        ids, mask = t5_token_ids(self.tokenizer_dir, [req.negative_prompt, req.prompt], TEXT_LENGTH)
+        return self._encode_text(states["text_encoder"], jnp.asarray(ids), jnp.asarray(mask))
+
+    def _image_tokens(self, first: np.ndarray, last: np.ndarray | None) -> jax.Array | None:
+        """Wan 2.1 I2V's CLIP tokens: (1, 257, D), or (2, 257, D) for first + last frame."""
+        if not self.image_tokens:
+            return None
+        from jaxvideo.models.clip_vision import clip_preprocess
+
+        images = [first] if last is None else [first, last]
+        pixels = jnp.asarray(np.stack([clip_preprocess(im, self.clip_size) for im in images]))
+        return self._encode_image_tokens(self._image_encoder[1], pixels.astype(self.dtype))
+
+    def _conditioning(self, req: GenerationRequest, frames: int, latent_shape):
+        """(condition, pinned) for the denoiser: the I2V channel input, or the TI2V / pinned
+        first-frame latents; (None, None) for plain text-to-video."""
+        first, last = req.init_image, req.end_image
+        if first is None:
+            if last is not None:
+                raise InvalidRequest("end_image needs an init_image (the first frame)")
+            return None, None
+        first = resize_image(first, req.width, req.height)
+        last = None if last is None else resize_image(last, req.width, req.height)
+        t_latent, h, w, _ = latent_shape
+        if self.is_i2v:
+            # diffusers' conditioning video: the given frame(s), zeros (mid-grey) elsewhere.
+            video = np.zeros((1, frames, req.height, req.width, 3), np.float32)
+            video[0, 0] = _to_unit(first)
+            if last is not None:
+                video[0, -1] = _to_unit(last)
+            latents = self._encode_video(self._vae_state, jnp.asarray(video))
+            mask = np.zeros((frames, h, w), np.float32)
+            mask[0] = 1.0
+            if last is not None:
+                mask[-1] = 1.0
+            # The first frame's mask is repeated 4x so every latent frame gets 4 mask channels.
+            mask = np.concatenate([np.repeat(mask[:1], TEMPORAL_SCALE, 0), mask[1:]])
+            mask = mask.reshape(t_latent, TEMPORAL_SCALE, h, w).transpose(0, 2, 3, 1)
+            condition = jnp.concatenate([jnp.asarray(mask)[None], latents], axis=-1)
+            return condition, None
+        if last is not None:
+            raise InvalidRequest("this model has no last-frame conditioning (end_image)")
+        first_latent = self._encode_video(self._vae_state, jnp.asarray(_to_unit(first))[None, None])
+        keep = np.ones((1, t_latent, h, w, 1), np.float32)
+        keep[:, 0] = 0.0
+        pinned = jnp.zeros((1, *latent_shape), jnp.float32).at[:, :1].set(first_latent)
+        return None, (pinned, jnp.asarray(keep))
+
+    def _schedule(self, req: GenerationRequest, scheduler: str, shift: float) -> np.ndarray:
+        try:
+            return flow_sigmas(scheduler, req.steps, shift)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
+
+    def _stages(self, req: GenerationRequest, sampler: str, scheduler: str):
+        """[(expert or None, sampler, sigmas, guidance, eta)] run in order.
+
+        One stage with per-step expert switching (expert None) is exactly diffusers' two-expert
+        loop; explicit high-noise settings split the schedule into two sampler runs (sd.cpp).
+        """
+        shift = req.flow_shift or self.flow_shift
+        sigmas = self._schedule(req, scheduler, shift)
+        if "transformer_2" not in self._experts:
+            return [("transformer", sampler, sigmas, req.guidance_scale, req.eta)]
+        # None means "the same as guidance_scale" (diffusers); the family's own default for it
+        # reaches requests through the defaults layer of build_request.
+        low_guidance = req.guidance_scale_2
+        if low_guidance is None:
+            low_guidance = req.guidance_scale
+        boundary = req.moe_boundary if req.moe_boundary is not None else self.boundary_ratio
+        high: HighNoiseParams | None = req.high_noise
+        if high is None:
+            switch = (req.guidance_scale, low_guidance, boundary)
+            return [(None, sampler, sigmas, switch, req.eta)]
+        # One noise schedule spans both stages (sd.cpp): the high-noise stage has its own
+        # sampler, guidance and eta, and either its own step count or the boundary's share.
+        if high.scheduler not in (None, "", "default") and _resolve_scheduler(high.scheduler) != (
+            scheduler
+        ):
+            raise InvalidRequest("the high-noise scheduler must equal the main scheduler")
+        if high.flow_shift is not None and high.flow_shift != shift:
+            raise InvalidRequest("the high-noise flow_shift must equal the main flow_shift")
+        high_sampler = _resolve_sampler(high.sampler, sampler)
+        if high.steps < 0:
+            split = int(np.sum(sigmas[:-1] >= boundary))
+        else:
+            split = high.steps
+            sigmas = self._schedule(replace(req, steps=high.steps + req.steps), scheduler, shift)
+        high_sigmas, low_sigmas = sigmas[: split + 1], sigmas[split:]
+        high_guidance = req.guidance_scale if high.guidance_scale is None else high.guidance_scale
+        high_eta = req.eta if high.eta is None else high.eta
+        stages = []
+        if len(high_sigmas) > 1:
+            stages.append(("transformer", high_sampler, high_sigmas, high_guidance, high_eta))
+        if len(low_sigmas) > 1:
+            stages.append(("transformer_2", sampler, low_sigmas, low_guidance, req.eta))
+        return stages
+
+    def sample_latents(
+        self,
+        noise: jax.Array,
+        keys: jax.Array,
+        req: GenerationRequest,
+        frames: int,
+        progress: ProgressFn | None = None,
+        cancelled: CancelledFn | None = None,
+    ) -> jax.Array:
+        """Unit `noise` (B, T, h, w, z) -> final normalised latents."""
+        sampler, scheduler = self.validate(req)
+        if cancelled is not None and cancelled():
+            raise Cancelled()
+        states = self._lora_states(req)
+        context = self._text_context(req, states)
+        condition, pinned = self._conditioning(req, frames, noise.shape[1:])
+        image_context = self._image_tokens_for(req)
+        if self.expand_timesteps:
+            condition, pinned = pinned, None
+        batch = noise.shape[0]
+        stages = self._stages(req, sampler, scheduler)
+        total = sum(len(s[2]) - 1 for s in stages)
+        done = 0
+        latents = noise
+
+        def on_step(step: int, _total: int) -> None:
+            if progress is not None:
+                progress(done + step, total)
+            if cancelled is not None and cancelled() and done + step < total:
+                raise Cancelled()
+
+        for expert, stage_sampler, sigmas, guidance, eta in stages:
+            model = self._model_fn(
+                expert, states, batch, context, image_context, condition, pinned, guidance, noise
+            )
+            latents = FLOW_SAMPLER_FNS[stage_sampler](model, latents, sigmas, keys, on_step, eta)
+            done += len(sigmas) - 1
+        if pinned is not None:
+            latents = _pin(latents, pinned, 0.0, noise)
+        if self.expand_timesteps and condition is not None:
+            first, keep = condition
+            latents = (1.0 - keep) * first + keep * latents
+        return latents
+
+    # LoRA files name the denoiser "transformer"; on a two-expert model that is the low-noise
+    # expert (sd.cpp's main model), and `is_high_noise` LoRAs go to the high-noise one.
+    def _lora_names(self) -> dict[str, str]:
+        """LoRA component name -> our component name."""
+        if "transformer_2" in self._experts:
+            return {"transformer": "transformer_2", "transformer_high": "transformer"}
+        return {"transformer": "transformer"}
+
+    def _lora_states(self, req: GenerationRequest) -> dict[str, nnx.State]:
+        names = self._lora_names()
+        base = {lora: self._experts[ours][1] for lora, ours in names.items()}
+        base["text_encoder"] = self._text_state
+        merged = self._loras.get_or_merge(base, list(req.loras))
+        states = {ours: merged[lora] for lora, ours in names.items()}
+        states["text_encoder"] = merged["text_encoder"]
+        return states
+
+    def _merge_loras(self, base: dict[str, nnx.State], loras: list) -> dict[str, nnx.State]:
+        from jaxvideo.lora.merge import merge_loras
+        from jaxvideo.models.t5 import UMT5_SPEC
+        from jaxvideo.models.wan import WAN_TRANSFORMER_SPEC
+
+        rules = {name: WAN_TRANSFORMER_SPEC.rules for name in self._lora_names()}
+        rules["text_encoder"] = UMT5_SPEC.rules
+        high = "transformer_high" if "transformer_2" in self._experts else None
+        return merge_loras(base, loras, rules=rules, high_noise_component=high)
+
+    def _image_tokens_for(self, req: GenerationRequest) -> jax.Array | None:
+        if not self.image_tokens:
+            return None
+        if req.init_image is None:
+            raise InvalidRequest("this image-to-video model needs an init_image")
+        first = resize_image(req.init_image, req.width, req.height)
+        last = None if req.end_image is None else resize_image(req.end_image, req.width, req.height)
+        return self._image_tokens(first, last)
+
+    def _model_fn(
+        self, expert, states, batch, context, image_context, condition, pinned, guidance, noise
+    ):
+        """The sampler's `model(x, sigma) -> x0`, choosing the expert per sigma when asked."""
+        use_cfg = _use_cfg(guidance)
+        batched_context = _batch_context(context, batch, use_cfg)
+        if image_context is not None:
+            image_context = jnp.repeat(image_context[None], batch, 0).reshape(
+                -1, *image_context.shape[1:]
+            )
+        if condition is not None and not self.expand_timesteps:
+            condition = jnp.repeat(condition, batch, 0)
+
+        def model(x: jax.Array, sigma: float) -> jax.Array:
+            name, scale = expert, guidance
+            if name is None:  # diffusers' switch: high-noise expert while t >= boundary
+                high = sigma >= guidance[2]
+                name = "transformer" if high else "transformer_2"
+                scale = guidance[0] if high else guidance[1]
+            if pinned is not None:
+                x = _pin(x, pinned, sigma, noise)
+            out = self._denoise(
+                name,
+                states[name],
+                x,
+                jnp.float32(sigma),
+                jnp.float32(self.timestep(sigma)),
+                batched_context,
+                image_context,
+                condition,
+                jnp.float32(scale),
+                use_cfg,
+            )
+            if pinned is not None:
+                out = _pin(out, pinned, 0.0, noise)
+            jax.block_until_ready(out)  # progress reports finished steps
+            return out
+
+        return model
+
+    def initial_noise(self, req: GenerationRequest, frames: int) -> tuple[jax.Array, jax.Array]:
+        """Unit latent noise (B, T, h, w, z) and per-video keys, one stream per seed."""
+        keys = jax.vmap(jax.random.key)(jnp.asarray(req.seeds(), dtype=jnp.uint32))
+        noise_keys, other_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
+        shape = (
+            (frames - 1) // TEMPORAL_SCALE + 1,
+            req.height // SPATIAL_SCALE,
+            req.width // SPATIAL_SCALE,
+            self.z_dim,
+        )
+        noise = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(noise_keys)
+        return noise, other_keys
+
+    def generate(
+        self,
+        req: GenerationRequest,
+        progress: ProgressFn | None = None,
+        cancelled: CancelledFn | None = None,
+    ) -> GenerationResult:
+        sampler, scheduler = self.validate(req)
+        video = req.mode == "vid_gen"
+        frames = frame_count(req.num_frames) if video else 1
+        noise, keys = self.initial_noise(req, frames)
+        latents = self.sample_latents(noise, keys, req, frames, progress, cancelled)
+        pixels = self.decode(latents)
+        info = {"sampler": sampler, "scheduler": scheduler, "steps": req.steps}
+        if not video:
+            return GenerationResult([p[0] for p in pixels], req.seeds(), info)
+        info["frame_count"] = int(pixels.shape[1])
+        return GenerationResult([], req.seeds(), info, videos=list(pixels), fps=req.fps)
+
+
+def _to_uint8(frames: jax.Array) -> jax.Array:
+    return jnp.clip(jnp.round((frames.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def _to_unit(pixels: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1], as diffusers' image processor scales pictures."""
+    return pixels.astype(np.float32) / 127.5 - 1.0
+
+
+def _pin(x: jax.Array, pinned, sigma: float, noise: jax.Array) -> jax.Array:
+    """Puts the known first latent frame back on its flow path at `sigma` (0 = clean)."""
+    known, keep = pinned
+    on_path = (1.0 - sigma) * known + sigma * noise
+    return keep * x + (1.0 - keep) * on_path
+
+
+def _use_cfg(guidance) -> bool:
+    # A per-step expert switch carries (high scale, low scale, boundary).
+    scales = guidance[:2] if isinstance(guidance, tuple) else (guidance,)
+    return any(s > 1.0 for s in scales)  # diffusers: CFG only when guidance_scale > 1
+
+
+def _batch_context(context: jax.Array, batch: int, use_cfg: bool) -> jax.Array:
+    """[negative, positive] (2, L, D) -> (2B, L, D) with CFG (negatives first), else (B, L, D)."""
+    halves = [jnp.repeat(context[i : i + 1], batch, axis=0) for i in (0, 1)]
+    return jnp.concatenate(halves) if use_cfg else halves[1]
+
+
+def _clip_crop_size(folder: Path) -> int:
+    """The CLIP input size from the copied image processor config (224 for Wan 2.1 I2V)."""
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        return 224
+    crop = json.loads(path.read_text()).get("crop_size", 224)
+    return int(crop["height"] if isinstance(crop, dict) else crop)
+
+
+def _resolve_sampler(name: str | None, default: str) -> str:
+    sampler = name if name not in (None, "", "default") else default
+    if sampler not in FLOW_SAMPLER_FNS:
+        raise InvalidRequest(
+            f"sampler {name!r} is not available for Wan models; one of "
+            f"{', '.join(FLOW_SAMPLER_FNS)}"
+        )
+    return sampler
+
+
+def _resolve_scheduler(name: str | None) -> str:
+    scheduler = (name or "").lower()
+    scheduler = SCHEDULE_ALIASES.get(scheduler, scheduler)
+    if scheduler not in FLOW_SCHEDULES:
+        raise InvalidRequest(
+            f"scheduler {name!r} is not available for Wan models; one of "
+            f"{', '.join(FLOW_SCHEDULES)}"
+        )
+    return scheduler
