@@ -1,17 +1,31 @@
 #!/usr/bin/env python
-"""Convert a PyTorch Stable Diffusion model into a jaxvideo (Flax) model folder.
+"""Convert a PyTorch Stable Diffusion or Wan model into a jaxvideo (Flax) model folder.
 
     python tools/convert_weights.py SRC DST [--dtype fp32|fp16|bf16]
     python tools/convert_weights.py MODEL.safetensors DST --tokenizer DIR [--tokenizer-2 DIR]
         [--prediction-type epsilon|v_prediction] [--config-override unet.KEY=VALUE ...]
+    python tools/convert_weights.py WAN_RELEASE_DIR|WAN_TRANSFORMER.safetensors DST
+        [--vae FILE] [--text-encoder FILE] [--tokenizer DIR] [--base DIR]
+        [--transformer-2 FILE] [--transformer-only] [--config-override COMPONENT.KEY=VALUE ...]
 
-SRC is either a diffusers pipeline folder (model_index.json + text_encoder/, unet/, vae/,
-tokenizer/, scheduler/; weights as .safetensors or .bin), or a single-file checkpoint in the
-original LDM / A1111 layout (.safetensors, or .ckpt opened with torch's weights_only=True) of
-SD 1.x, SD 2.x or SDXL base. Single files carry no tokenizer: --tokenizer (and --tokenizer-2 for
-SDXL) name local tokenizer folders, e.g. those of the matching diffusers model; nothing is
-downloaded. Every tensor's shape is checked against the Flax model before anything is written;
-a missing, unexpected or mis-shaped key fails naming it.
+SRC is either a diffusers pipeline folder (model_index.json + text_encoder/, unet/ or
+transformer/, vae/, tokenizer/, scheduler/; weights as .safetensors or .bin), or a single-file
+checkpoint in the original LDM / A1111 layout (.safetensors, or .ckpt opened with torch's
+weights_only=True) of SD 1.x, SD 2.x or SDXL base. Single files carry no tokenizer: --tokenizer
+(and --tokenizer-2 for SDXL) name local tokenizer folders, e.g. those of the matching diffusers
+model; nothing is downloaded.
+
+SRC may also be an original Wan release (Wan-AI/Wan2.1, Wan2.2 layout: the Wan code's
+config.json and diffusion_pytorch_model*.safetensors, or Wan 2.2 A14B's high_noise_model/ and
+low_noise_model/) or one transformer file under the Wan code's names (ComfyUI repacks included;
+config.json next to it, else read from shapes). The release's Wan2.1_VAE.pth,
+models_t5_umt5-xxl-enc-bf16.pth and google/umt5-xxl tokenizer are converted when found in the
+release folder or named by --vae, --text-encoder, --tokenizer; --base DIR (a diffusers Wan folder
+or a converted one) gives the rest, e.g. Wan 2.1 I2V's CLIP image encoder. What is missing is
+listed before anything is written. --transformer-only writes just DST/transformer/.
+
+Every tensor's shape is checked against the Flax model before anything is written; a missing,
+unexpected or mis-shaped key fails naming it.
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ from jaxvideo.convert.core import ConversionError
 from jaxvideo.convert.diffusers_folder import convert_diffusers_folder, count_tensors
 from jaxvideo.convert.ldm_layouts import PREDICTION_TYPES
 from jaxvideo.convert.single_file import SingleFileCheckpoint, is_single_file
+from jaxvideo.convert.wan_single import WanOriginalCheckpoint, is_wan_original
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -49,7 +64,10 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "src", type=Path, help="diffusers model folder, or a .safetensors/.ckpt single file"
+        "src",
+        type=Path,
+        help="diffusers model folder, a .safetensors/.ckpt single file, or an original Wan "
+        "release folder / transformer file",
     )
     parser.add_argument("dst", type=Path, help="output jaxvideo model folder")
     parser.add_argument(
@@ -58,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         default="fp32",
         help="dtype of the written weights (default fp32)",
     )
-    parser.add_argument("--tokenizer", type=Path, help="single files: local tokenizer folder")
+    parser.add_argument(
+        "--tokenizer", type=Path, help="single files, Wan releases: local tokenizer folder"
+    )
     parser.add_argument(
         "--tokenizer-2", type=Path, help="SDXL single files: local tokenizer_2 folder"
     )
@@ -73,12 +93,57 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="COMPONENT.KEY=VALUE",
-        help="single files: replace an inferred config field, e.g. unet.attention_head_dim=8",
+        help="single files, Wan releases: replace an inferred config field, e.g. "
+        "unet.attention_head_dim=8, scheduler.flow_shift=5.0",
+    )
+    wan = parser.add_argument_group("original Wan releases")
+    wan.add_argument("--vae", type=Path, help="the release's Wan2.1_VAE.pth")
+    wan.add_argument(
+        "--text-encoder", type=Path, help="the release's models_t5_umt5-xxl-enc-bf16.pth"
+    )
+    wan.add_argument(
+        "--base",
+        type=Path,
+        help="diffusers (or converted) Wan folder lending the components the original files lack",
+    )
+    wan.add_argument(
+        "--transformer-2",
+        type=Path,
+        help="Wan 2.2 A14B as two files: the low-noise expert (SRC is the high-noise one)",
+    )
+    wan.add_argument(
+        "--transformer-only",
+        action="store_true",
+        help="write DST/transformer/ (and transformer_2/) alone: no model_index.json",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    wan_flags = {
+        "--vae": args.vae,
+        "--text-encoder": args.text_encoder,
+        "--base": args.base,
+        "--transformer-2": args.transformer_2,
+        "--transformer-only": args.transformer_only,
+    }
     try:
-        if is_single_file(args.src):
+        if is_wan_original(args.src):
+            if args.tokenizer_2 or args.prediction_type:
+                raise ValueError("--tokenizer-2 and --prediction-type do not apply to Wan models")
+            ckpt = WanOriginalCheckpoint(
+                args.src,
+                transformer_2=args.transformer_2,
+                vae=args.vae,
+                text_encoder=args.text_encoder,
+                tokenizer=args.tokenizer,
+                base=args.base,
+                config_overrides=parse_overrides(args.config_override),
+                transformer_only=args.transformer_only,
+            )
+            total, convert = ckpt.num_tensors, ckpt.convert
+        elif any(wan_flags.values()):
+            given = ", ".join(flag for flag, value in wan_flags.items() if value)
+            raise ValueError(f"{given}: only for original Wan checkpoints, which {args.src} is not")
+        elif is_single_file(args.src):
             ckpt = SingleFileCheckpoint(
                 args.src,
                 tokenizer=args.tokenizer,
@@ -103,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConversionError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {args.dst} ({index['family']}, {args.dtype}): {', '.join(index['components'])}")
+    written = ", ".join(index["components"])
+    if args.transformer_only:
+        print(f"wrote {written} to {args.dst} (no model_index.json: not a servable folder)")
+    else:
+        print(f"wrote {args.dst} ({index['family']}, {args.dtype}): {written}")
     return 0
 
 

@@ -9,7 +9,9 @@ map and shape checks apply unchanged; the renames follow diffusers'
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from jaxvideo.convert.core import ConversionError
@@ -71,9 +73,34 @@ def _derive(groups: dict[str, str]) -> dict[str, Any]:
     return {k: _RENAMES[k][v] if k in _RENAMES and v is not None else v for k, v in groups.items()}
 
 
+# The same table over kohya's underscore spelling (`blocks_0_self_attn_q_weight`): the original
+# vocabulary is closed, so each underscored name still parses one way only.
+_DOTTED = [(re.compile(r.pattern), r) for r in WAN_ORIGINAL_KEY_RULES]
+_UNDERSCORED = [(re.compile(r.pattern.replace(r"\.", "_")), r) for r in WAN_ORIGINAL_KEY_RULES]
+
+
+def diffusers_module(module: str, *, underscored: bool = False) -> str | None:
+    """The diffusers name of an original Wan module, as LoRA files name modules.
+
+    `blocks.0.self_attn.q` -> `blocks.0.attn1.to_q`; with `underscored`, kohya's
+    `blocks_0_self_attn_q` -> the same. None for a name outside the table.
+    """
+    key = module + ("_weight" if underscored else ".weight")
+    for regex, rule in _UNDERSCORED if underscored else _DOTTED:
+        m = regex.fullmatch(key)
+        if m is not None:
+            return rule.targets[0].format(**_derive(m.groupdict())).removesuffix(".weight")
+    return None
+
+
 def checkpoint_prefix(keys: Iterable[str]) -> str:
     """`LDM_PREFIX` when the file nests the network under it (ComfyUI repacks), else ""."""
     return LDM_PREFIX if any(k.startswith(LDM_PREFIX) for k in keys) else ""
+
+
+def is_wan_transformer_original(keys: Iterable[str]) -> bool:
+    """Whether a file holds a `WanModel` under the Wan code's names (any `LDM_PREFIX`)."""
+    return any(k.removeprefix(LDM_PREFIX) == "blocks.0.self_attn.q.weight" for k in keys)
 
 
 def wan_original_plan(keys: Iterable[str], *, what: str = "checkpoint") -> Plan:
@@ -108,6 +135,55 @@ ORIGINAL_DEFAULTS: dict[str, Any] = {
 SUPPORTED_MODEL_TYPES = ("t2v", "i2v", "flf2v", "ti2v")
 # The Wan code's RoPE table length (`rope_params(1024, ...)`).
 ROPE_MAX_SEQ_LEN = 1024
+
+
+# Every Wan release (1.3B, 5B, 14B, A14B) uses 128-wide attention heads.
+HEAD_DIM = 128
+
+
+def infer_original_config(
+    keys: Iterable[str], shape: Callable[[str], tuple[int, ...]]
+) -> dict[str, Any]:
+    """An original-style config.json dict read from a checkpoint's tensor shapes.
+
+    For files shipped without their config.json (ComfyUI repacks). Shapes give every size but
+    the head count, taken as dim / `HEAD_DIM` like every release; `model_type` follows from the
+    image branch and the input channels (36: image latents and mask, 48: TI2V's VAE).
+    """
+    keys = list(keys)
+    prefix = checkpoint_prefix(keys)
+    rel = {k.removeprefix(prefix) for k in keys}
+
+    def size(key: str) -> tuple[int, ...]:
+        if key not in rel:
+            raise ConversionError(f"{prefix + key} is missing: not a complete Wan transformer")
+        return tuple(shape(prefix + key))
+
+    dim, in_dim, *patch = size("patch_embedding.weight")
+    if dim % HEAD_DIM:
+        raise ConversionError(
+            f"Wan dim {dim} is not a multiple of {HEAD_DIM}: the head count cannot be inferred; "
+            "put the model's original config.json next to the file"
+        )
+    if "img_emb.emb_pos" in rel:
+        model_type = "flf2v"
+    elif "img_emb.proj.0.weight" in rel or in_dim == 36:
+        model_type = "i2v"
+    else:
+        model_type = "ti2v" if in_dim == 48 else "t2v"
+    return {
+        "model_type": model_type,
+        "patch_size": patch,
+        "dim": dim,
+        "in_dim": in_dim,
+        "ffn_dim": size("blocks.0.ffn.0.weight")[0],
+        "freq_dim": size("time_embedding.0.weight")[1],
+        "text_dim": size("text_embedding.0.weight")[1],
+        "out_dim": size("head.head.weight")[0] // math.prod(patch),
+        "num_heads": dim // HEAD_DIM,
+        "num_layers": 1 + max(int(k.split(".")[1]) for k in rel if k.startswith("blocks.")),
+        "cross_attn_norm": "blocks.0.norm3.weight" in rel,
+    }
 
 
 def _image_fields(shapes: Mapping[str, tuple[int, ...]]) -> tuple[int | None, int | None]:

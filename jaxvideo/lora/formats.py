@@ -1,8 +1,13 @@
-"""Reading LoRA files: kohya/A1111 and diffusers/PEFT key layouts -> a list of `LoraPair`s.
+"""Reading LoRA files: kohya/A1111, diffusers/PEFT and ComfyUI key layouts -> `LoraPair`s.
 
 Nothing here knows the model: kohya module names stay in their underscore form and are split
 back into dots later against the model's own module list (`targets.py`), because guessing
 where the dots go (`proj_in` vs `proj.in`) is what goes wrong with hand-written replace chains.
+
+Wan LoRAs also ship under the original Wan code's module names (`blocks.0.self_attn.q`, ComfyUI
+files under `diffusion_model.`, musubi-tuner's kohya `lora_unet_blocks_0_self_attn_q`); those
+closed names are renamed to diffusers' by the original-checkpoint table (`wan_original`), so
+they reach the same parameters as a diffusers LoRA.
 """
 
 from __future__ import annotations
@@ -10,13 +15,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from jaxvideo.convert.wan_original import diffusers_module
 from jaxvideo.lora.spec import LoraError, LoraPair
 
 SAFETENSORS_EXTS = (".safetensors",)
@@ -26,22 +32,33 @@ LORA_EXTS = SAFETENSORS_EXTS + PICKLE_EXTS
 # kohya-ss / A1111: lora_unet_<module_with_underscores>.lora_down.weight etc. SDXL files use
 # te1/te2 for its two text encoders, SD1/SD2 files plain te.
 _KOHYA = re.compile(r"lora_(unet|te|te1|te2)_(\w+)\.(lora_down\.weight|lora_up\.weight|alpha)")
+# Files that name "the denoiser" without saying whether it is a UNet or a transformer (kohya's
+# `lora_unet_`, ComfyUI's `diffusion_model.`); `_denoiser_name` decides per file.
+DENOISER = "<denoiser>"
 KOHYA_COMPONENTS = {
-    "unet": "unet",
+    "unet": DENOISER,
     "te": "text_encoder",
     "te1": "text_encoder",
     "te2": "text_encoder_2",
 }
+# Transformer denoisers (Wan) number their layers `blocks.N`; no UNet has a top-level `blocks`.
+_TRANSFORMER_MODULE = re.compile(r"blocks[._]\d+[._].*")
 
 # diffusers / PEFT. `base_model.model.` is what `PeftModel.save_pretrained` writes; a segment
-# after lora_A/lora_B is an adapter name left in a raw `state_dict()`.
+# after lora_A/lora_B is an adapter name left in a raw `state_dict()`. ComfyUI writes
+# `diffusion_model.` + original module names with either spelling of down/up.
 _PEFT_PREFIX = "base_model.model."
-_COMPONENT = r"(?:(unet|text_encoder|text_encoder_2|transformer|transformer_2)\.)?"
+_COMPONENT = (
+    r"(?:(unet|text_encoder|text_encoder_2|transformer|transformer_2"
+    r"|(?:model\.)?diffusion_model)\.)?"
+)
 _DIFFUSERS = re.compile(
     _COMPONENT
     + r"(.+?)\.(?:lora_(A|B)(?:\.[^.]+)?\.weight|lora\.(down|up)\.weight"
-    + r"|lora_linear_layer\.(down|up)\.weight|(alpha))"
+    + r"|lora_linear_layer\.(down|up)\.weight|lora_(down|up)\.weight|(alpha))"
 )
+# Components whose module names may be original Wan names (None: the file does not say).
+_WAN_NAMED = (None, DENOISER, "transformer", "transformer_2")
 # diffusers' pre-PEFT attention-processor layout: attn1.processor.to_q_lora.down.weight, and
 # its text-encoder twin self_attn.to_q_lora.down.weight (meaning self_attn.q_proj).
 _PROCESSOR = re.compile(
@@ -154,12 +171,16 @@ def _unsupported(key: str) -> str | None:
     return next((kind for regex, kind in _UNSUPPORTED if regex.fullmatch(key)), None)
 
 
+def _component(prefix: str | None) -> str | None:
+    return DENOISER if prefix is not None and prefix.endswith("diffusion_model") else prefix
+
+
 def _classify(key: str) -> tuple[str | None, str, bool, str] | None:
     """(component, module, kohya, role) for one tensor name; role is down/up/alpha."""
     m = _KOHYA.fullmatch(key)
     if m:
         role = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}[m[3]]
-        return KOHYA_COMPONENTS[m[1]], m[2], True, role
+        return _wan_renamed(KOHYA_COMPONENTS[m[1]], m[2], True, role)
     name = key.removeprefix(_PEFT_PREFIX)
     m = _PROCESSOR.fullmatch(name)
     if m:
@@ -168,14 +189,31 @@ def _classify(key: str) -> tuple[str | None, str, bool, str] | None:
             module = f"{parent}.{_CLIP_ATTN_NAMES[proj]}"
         else:
             module = f"{parent}.{'to_out.0' if proj == 'to_out' else proj}"
-        return m[1], module, False, m[4]
+        return _component(m[1]), module, False, m[4]
     m = _DIFFUSERS.fullmatch(name)
     if m:
-        ab, role = m[3], m[4] or m[5] or m[6]
+        ab, role = m[3], m[4] or m[5] or m[6] or m[7]
         if ab:
             role = "down" if ab == "A" else "up"
-        return m[1], m[2], False, role
+        return _wan_renamed(_component(m[1]), m[2], False, role)
     return None
+
+
+def _wan_renamed(
+    component: str | None, module: str, kohya: bool, role: str
+) -> tuple[str | None, str, bool, str]:
+    """Original Wan module names become diffusers' (dotted: no longer a kohya name); a file's
+    denoiser with Wan names is a Wan transformer."""
+    renamed = diffusers_module(module, underscored=kohya) if component in _WAN_NAMED else None
+    if renamed is None:
+        return component, module, kohya, role
+    return "transformer" if component == DENOISER else component, renamed, False, role
+
+
+def _denoiser_name(modules: Iterable[str]) -> str:
+    """What a file's `lora_unet_` / `diffusion_model.` prefix means: Wan-style `blocks.N` layers
+    make it a transformer LoRA, anything else (SD's down/up blocks) a UNet one."""
+    return "transformer" if any(_TRANSFORMER_MODULE.fullmatch(m) for m in modules) else "unet"
 
 
 def parse_lora(path: Path) -> list[LoraPair]:
@@ -204,11 +242,13 @@ def parse_lora(path: Path) -> list[LoraPair]:
             + ", ".join(unknown[:5])
             + (" ..." if len(unknown) > 5 else "")
         )
+    denoiser = _denoiser_name(m for c, m, _ in groups if c == DENOISER)
     pairs = []
-    for (component, module, kohya), parts in groups.items():
+    for (named, module, kohya), parts in groups.items():
+        component = denoiser if named == DENOISER else named
         # Errors name a real key of the file, so a user can find it.
-        label = names[(component, module, kohya)].get("down") or next(
-            iter(names[(component, module, kohya)].values())
+        label = names[(named, module, kohya)].get("down") or next(
+            iter(names[(named, module, kohya)].values())
         )
         if "down" not in parts or "up" not in parts:
             have = ", ".join(sorted(parts))
