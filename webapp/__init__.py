@@ -48,7 +48,8 @@ def create_app(config: ServeConfig | None = None, engine: Any = None) -> Flask:
         job_retention_s=server.job_retention_s,
         expired_retention_s=server.expired_retention_s,
     )
-    service = Service(config, engine, jobs, Capabilities(SAMPLERS, SCHEDULERS, server))
+    caps = Capabilities.serving(SAMPLERS, SCHEDULERS, server, engine.models)
+    service = Service(config, engine, jobs, caps)
     service.check_operator_defaults()
 
     app = Flask(__name__)

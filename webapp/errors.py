@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from webapp.jobs import JobExpired, JobNotFound, QueueFull, ShuttingDown
+from webapp.jobs import JobExists, JobExpired, JobNotFound, QueueFull, ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,12 @@ def register_error_handlers(app: Flask) -> None:
     )
     app.register_error_handler(
         JobNotFound, lambda exc: error_response(ApiError(404, "job not found", code="not_found"))
+    )
+    app.register_error_handler(
+        JobExists,
+        lambda exc: error_response(
+            ApiError(409, "job id already exists", code="job_exists", param="id", retryable=False)
+        ),
     )
     app.register_error_handler(
         JobExpired, lambda exc: error_response(ApiError(410, "job expired", code="expired"))

@@ -57,6 +57,10 @@ class JobExpired(KeyError):
     """The job finished and its retention window passed (HTTP 410)."""
 
 
+class JobExists(KeyError):
+    """A client-chosen job id is already taken, by a live or an expired job (HTTP 409)."""
+
+
 @dataclass
 class _Job:
     id: str
@@ -186,18 +190,23 @@ class JobTable:
 
     # -- client operations ------------------------------------------------------------------
 
-    def submit(self, kind: str, run: RunFn, meta: Any = None) -> JobView:
-        """Queues `run`; raises `ShuttingDown` or `QueueFull`."""
+    def submit(self, kind: str, run: RunFn, meta: Any = None, job_id: str | None = None) -> JobView:
+        """Queues `run` under `job_id` (default: a fresh `job_<hex time>_<counter>` id);
+        raises `ShuttingDown`, `JobExists` or `QueueFull`."""
         self.start()
         with self._lock:
             if not self._accepting:
                 raise ShuttingDown("server is shutting down")
             self._prune_locked()
+            # An expired id still answers 410 for a while, so it cannot be reused either.
+            if job_id is not None and (job_id in self._jobs or job_id in self._tombstones):
+                raise JobExists(job_id)
             active = len(self._queue) + (self._running is not None)
             if active >= self.max_queue_size:
                 raise QueueFull("job queue is full")
             now = time.time()
-            job_id = f"job_{int(now):x}_{next(self._counter) & 0xFFFFFFFF:08x}"
+            if job_id is None:
+                job_id = f"job_{int(now):x}_{next(self._counter) & 0xFFFFFFFF:08x}"
             job = _Job(id=job_id, kind=kind, run=run, meta=meta, created=int(now))
             self._jobs[job_id] = job
             self._queue.append(job)
@@ -220,6 +229,26 @@ class JobTable:
             elif job.status == GENERATING:
                 self._flag_locked(job, reason)
             return self._view_locked(job)
+
+    def delete(self, job_id: str) -> JobView:
+        """Forgets a job at once (its id answers 404 from now on); a queued job is cancelled,
+        a generating one is flagged and stops at its next check. Returns its last snapshot."""
+        with self._lock:
+            job = self._lookup_locked(job_id)
+            if job.status == QUEUED:
+                self._queue.remove(job)
+                self._finish_locked(job, CANCELLED, time.time(), CANCELLED_BY_CLIENT)
+            elif job.status == GENERATING:
+                self._flag_locked(job, CANCELLED_BY_CLIENT)
+            del self._jobs[job_id]
+            return self._view_locked(job)
+
+    def views(self, predicate: Callable[[JobView], bool] | None = None) -> list[JobView]:
+        """Snapshots of the live jobs in submission order, optionally filtered."""
+        with self._lock:
+            self._prune_locked()
+            views = [self._view_locked(job) for job in self._jobs.values()]
+        return [view for view in views if predicate is None or predicate(view)]
 
     def cancel_running(self, reason: dict[str, str] = CANCELLED_BY_CLIENT) -> JobView | None:
         """Flags the generating job, if any (A1111's interrupt); queued jobs are left alone."""

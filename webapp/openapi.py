@@ -18,7 +18,9 @@ class RouteDoc(NamedTuple):
     response: type[Schema] | Schema | None
     summary: str
     status: int = 200
-    content_type: str = "application/json"  # of the request body
+    content_type: str | tuple[str, ...] = "application/json"  # of the request body
+    query: type[Schema] | None = None  # query-string parameters
+    produces: tuple[str, ...] = ()  # binary response types (a response without a schema)
 
 
 def build_openapi(routes: Iterable[RouteDoc], version: str, auth: bool) -> dict[str, Any]:
@@ -35,21 +37,28 @@ def build_openapi(routes: Iterable[RouteDoc], version: str, auth: bool) -> dict[
         response: dict[str, Any] = {"description": "success"}
         if route.response is not None:
             response["content"] = {"application/json": {"schema": route.response}}
+        elif route.produces:
+            binary = {"schema": {"type": "string", "format": "binary"}}
+            response["content"] = {kind: binary for kind in route.produces}
         operation: dict[str, Any] = {
             "summary": route.summary,
             "responses": {str(route.status): response, "default": {"description": "error"}},
         }
         if route.request is not None:
+            kinds = route.content_type
+            kinds = (kinds,) if isinstance(kinds, str) else kinds
             operation["requestBody"] = {
                 "required": True,
-                "content": {route.content_type: {"schema": route.request}},
+                "content": {kind: {"schema": route.request} for kind in kinds},
             }
-        params = re.findall(r"{(\w+)}", route.path)
+        params: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in re.findall(r"{(\w+)}", route.path)
+        ]
+        if route.query is not None:
+            params.append({"in": "query", "schema": route.query})
         if params:
-            operation["parameters"] = [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                for name in params
-            ]
+            operation["parameters"] = params
         if auth and route.path != "/health":
             operation["security"] = [{"bearer": []}]
         spec.path(path=route.path, operations={route.method: operation})

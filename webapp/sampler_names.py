@@ -44,6 +44,7 @@ DISPLAY_NAMES = {
     # stable-diffusion.cpp maps A1111's "DPM++ 2M SDE GPU" (Brownian-tree noise) here.
     "dpm++2m_sde_bt": "DPM++ 2M SDE GPU",
     "lms": "LMS",
+    "unipc": "UniPC",  # flow-matching (Wan) models only
 }
 # k-diffusion ids (old A1111 clients) and ComfyUI ids -> native sampler.
 SAMPLER_ALIASES = {

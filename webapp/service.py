@@ -1,14 +1,19 @@
-"""The object every blueprint shares: config, engine, job table, and image jobs built on them.
+"""The object every blueprint shares: config, engine, job table, and the jobs built on them.
 
-`resolve` applies the merge precedence and the configured limits; `submit_images` queues a job
-that runs `Engine.generate` and encodes the frames in the worker thread, so a finished job holds
-ready-to-send bytes; `generate_images` is the synchronous variant (submit, then wait).
+`resolve` picks the model for the request's mode, applies the merge precedence, the configured
+limits and what the model supports; `submit_images` / `submit_video` queue a job that runs
+`Engine.generate` and encodes the frames (PNG/JPEG/WebP; MP4/WebM/WebP/AVI) in the worker
+thread, so a finished job holds ready-to-send bytes; `generate_images` / `generate_video` are
+the synchronous variants (submit, then wait).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import secrets
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,16 +22,19 @@ from flask import current_app
 
 from jaxvideo.config import ConfigError, ServeConfig
 from jaxvideo.errors import InvalidRequest
-from jaxvideo.media import encode_image
+from jaxvideo.media import VIDEO_FORMATS, encode_image, encode_video
 from jaxvideo.request import GenerationRequest, build_request
 from jaxvideo.results import ModelInfo
 from webapp import a1111
 from webapp.errors import ApiError, invalid
+from webapp.features import check_merged, expected_frames, gate
 from webapp.hires_fields import resolve_hires
 from webapp.jobs import CANCELLED, CANCELLED_BY_SHUTDOWN, COMPLETED, JobTable, JobView
 from webapp.lora_fields import check_high_noise
+from webapp.references import confined, output_file
 from webapp.tiling_fields import resolve_tiling
 from webapp.translate import Capabilities, OutputOptions, check_request, image_fields
+from webapp.video_fields import VideoOutput
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,37 @@ class EncodedImage:
     index: int
     data: bytes
     seed: int
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """What a video job's surfaces report before it finishes (the job's `meta`)."""
+
+    surface: str  # "openai" (/v1/videos*) or "sdcpp"
+    model: str
+    prompt: str
+    width: int
+    height: int
+    num_frames: int  # the count the model will really make (Wan: 4n + 1)
+    fps: int
+    seed: int
+    return_state: bool
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """A finished video job: the encoded container plus what the surfaces echo back."""
+
+    data: bytes
+    output_format: str
+    mime_type: str
+    fps: int
+    frame_count: int
+    seed: int
+    inference_time_s: float
+    thumbnail: bytes | None  # WebP of the first frame (OpenAI's `variant=thumbnail`)
+    state: dict[str, Any] | None
+    file_path: str | None  # the MP4 copy written for `output_path`
 
 
 @dataclass(frozen=True)
@@ -78,6 +117,23 @@ class Service:
         """The model requests naming none get: the operator's choice, else the first one."""
         return self.model_info(self.config.default_request.get("model")).name
 
+    def model_for(self, mode: str, name: str | None = None) -> ModelInfo:
+        """The model a `mode` request goes to: the one it names (400 if that one cannot serve
+        the mode), else the default model if it can, else the first served model that can."""
+        if mode == "vid_gen" and not any(mode in m.modes for m in self.models):
+            raise ApiError(
+                503, "no video generator loaded", code="model_not_loaded", retryable=False
+            )
+        if name is not None:
+            info = self.model_info(name)
+            if mode not in info.modes:
+                raise invalid("model", f"model {info.name!r} cannot serve {mode}", "wrong_mode")
+            return info
+        default = self.model_info(self.config.default_request.get("model"))
+        if mode in default.modes:
+            return default
+        return next(m for m in self.models if mode in m.modes)
+
     def sdapi_model(self) -> str:
         """The default model of the sdapi surface (switchable through its options)."""
         with self._options_lock:
@@ -98,26 +154,30 @@ class Service:
         return name
 
     def resolve(
-        self, fields: Mapping[str, Any], names: Mapping[str, str] | None = None
+        self,
+        fields: Mapping[str, Any],
+        names: Mapping[str, str] | None = None,
+        fallback: Mapping[str, Any] | None = None,
     ) -> GenerationRequest:
-        """Client fields > operator `default_request` > family defaults, then the limits.
+        """Client fields > operator `default_request` > `fallback` (the surface's hard-coded
+        values) > family defaults, then the limits and what the model supports.
 
         An init image's size stands in for a width/height the client did not send."""
-        info = self.model_info(fields.get("model", self.config.default_request.get("model")))
+        names = names or {}
         mode = fields.get("mode", "img_gen")
-        if mode not in info.modes:
-            raise invalid("model", f"model {info.name!r} cannot serve {mode}", code="wrong_mode")
+        info = self.model_for(mode, fields.get("model"))
         client = {**image_fields(fields, self.caps, names), "model": info.name, "mode": mode}
+        client = gate(client, info, mode, names)
         check_high_noise(
-            client.get("loras", ()), info.name, info.family, (names or {}).get("loras", "lora")
+            client.get("loras", ()), info.name, info.family, names.get("loras", "lora")
         )
+        layers = {**self.family_defaults(info.name), **(fallback or {})}
         try:
-            request = build_request(
-                client, self.config.default_request, self.family_defaults(info.name)
-            )
+            request = build_request(client, self.config.default_request, layers)
         except InvalidRequest as exc:
             raise ApiError(400, str(exc)) from exc
-        check_request(request, self.caps, names)
+        check_request(request, self.caps.for_model(info), names)
+        check_merged(request, info, names)
         if request.refiner is not None:
             refiner = self.model_info(request.refiner)
             if refiner.family != "sdxl_refiner" or info.family != "sdxl":
@@ -134,12 +194,13 @@ class Service:
     def check_operator_defaults(self) -> None:
         """Fails start-up when `default_request` cannot produce a valid request."""
         for info in self.models:
-            if "img_gen" not in info.modes:
-                continue
-            try:
-                self.resolve({"model": info.name})
-            except ApiError as exc:
-                raise ConfigError(f"default_request (model {info.name}): {exc.message}") from exc
+            for mode in info.modes:
+                try:
+                    self.resolve({"model": info.name, "mode": mode})
+                except ApiError as exc:
+                    raise ConfigError(
+                        f"default_request (model {info.name}, {mode}): {exc.message}"
+                    ) from exc
 
     # -- image jobs -------------------------------------------------------------------------
 
@@ -171,23 +232,63 @@ class Service:
 
     def generate_images(self, request: GenerationRequest, output: OutputOptions) -> ImageResult:
         """Synchronous surfaces: queue like everyone else, then wait for the result."""
-        view = self.jobs.wait(self.submit_images(request, output).id)
-        if view.status == COMPLETED:
-            return view.result
-        error = view.error or {}
-        if view.status == CANCELLED:
-            if error == CANCELLED_BY_SHUTDOWN:
-                raise ApiError(503, "server is shutting down", code="shutting_down")
-            # Cancelled through sdcpp, or interrupted/skipped through sdapi: A1111 would answer
-            # 200 with the images done so far, which a stopped batch does not have here.
-            raise ApiError(
-                409, "job cancelled", detail=error.get("message"), code="cancelled", retryable=False
+        return finished(self.jobs.wait(self.submit_images(request, output).id)).result
+
+    # -- video jobs -------------------------------------------------------------------------
+
+    def submit_video(
+        self,
+        request: GenerationRequest,
+        output: VideoOutput,
+        surface: str,
+        job_id: str | None = None,
+    ) -> JobView:
+        """Queues a vid_gen job whose worker encodes the container (and, on the OpenAI
+        surface, a WebP thumbnail, and the MP4 copy at `output.output_path`).
+
+        OpenAI-surface jobs get OpenAI-style ids (`video_<hex>`) unless the client chose one;
+        an `output_path` folder is named after that id, so it is checked (400) before queuing."""
+        info = self.model_info(request.model)
+        if surface == "openai":
+            job_id = job_id or new_video_id()
+        copy_to = None
+        if output.output_path is not None:
+            copy_to = output_file(output.output_path, job_id, self.config.server)
+        meta = VideoJob(
+            surface, info.name, request.prompt, request.width, request.height,
+            expected_frames(info, request.num_frames), request.fps, request.seed,
+            request.return_state,
+        )  # fmt: skip
+
+        def run(progress, cancelled) -> VideoResult:
+            started = time.monotonic()
+            result = self.engine.generate(request, progress=progress, cancelled=cancelled)
+            elapsed = time.monotonic() - started
+            video = result.videos[0]
+            fps = int(result.fps or request.fps)
+            data = encode_video(video, fps, output.output_format, output.quality)
+            if copy_to is not None:
+                write_file(copy_to, data, self.config.server.output_dir)
+            return VideoResult(
+                data=data,
+                output_format=output.output_format,
+                mime_type=VIDEO_FORMATS[output.output_format],
+                fps=fps,
+                frame_count=int(video.shape[0]),
+                seed=int(result.seeds[0]) if result.seeds else request.seed,
+                inference_time_s=round(elapsed, 3),
+                thumbnail=encode_image(video[0], "webp", 90) if surface == "openai" else None,
+                state=result.state,
+                file_path=copy_to,
             )
-        if error.get("code") == "invalid_request":
-            raise ApiError(400, error.get("message", "invalid request"), code="invalid_request")
-        raise ApiError(
-            500, "generation failed", detail=error.get("message"), code="generation_failed"
-        )
+
+        return self.jobs.submit("vid_gen", run, meta, job_id=job_id)
+
+    def generate_video(
+        self, request: GenerationRequest, output: VideoOutput, surface: str, job_id: str | None
+    ) -> JobView:
+        """The synchronous route: submit, wait, and answer failures as HTTP errors."""
+        return finished(self.jobs.wait(self.submit_video(request, output, surface, job_id).id))
 
     def infotext(self, request: GenerationRequest, seed: int, default_scheduler: Any) -> str:
         params = a1111.infotext_params(
@@ -205,6 +306,44 @@ class Service:
             version=f"jaxvideo {self.version}",
         )
         return a1111.infotext(request.prompt, request.negative_prompt, params)
+
+
+def finished(view: JobView) -> JobView:
+    """A terminal job of a synchronous request: completed, else the matching HTTP error."""
+    if view.status == COMPLETED:
+        return view
+    error = view.error or {}
+    if view.status == CANCELLED:
+        if error == CANCELLED_BY_SHUTDOWN:
+            raise ApiError(503, "server is shutting down", code="shutting_down")
+        # Cancelled through sdcpp, or interrupted/skipped through sdapi: A1111 would answer
+        # 200 with the images done so far, which a stopped batch does not have here.
+        raise ApiError(
+            409, "job cancelled", detail=error.get("message"), code="cancelled", retryable=False
+        )
+    if error.get("code") == "invalid_request":
+        raise ApiError(400, error.get("message", "invalid request"), code="invalid_request")
+    raise ApiError(500, "generation failed", detail=error.get("message"), code="generation_failed")
+
+
+def new_video_id() -> str:
+    """An OpenAI-style video id (`video_<hex>`), for jobs whose id is needed before queuing."""
+    return f"video_{secrets.token_hex(12)}"
+
+
+def write_file(path: str, data: bytes, folder: str) -> None:
+    """Writes `data` to `path` atomically, re-checking that it still resolves inside `folder`
+    (a symlink may have appeared since the request was checked)."""
+    if confined(path, folder) != path:
+        raise InvalidRequest("output_path no longer resolves inside the output folder")
+    partial = f"{path}.partial"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(partial, "wb") as file:
+            file.write(data)
+        os.replace(partial, path)
+    except OSError as exc:  # the message names no server folder
+        raise RuntimeError(f"cannot write output_path: {exc.strerror}") from exc
 
 
 def service() -> Service:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+
+from marshmallow import Schema
 
 from jaxvideo.config import ServerConfig
 from jaxvideo.media import IMAGE_FORMATS
 from jaxvideo.request import GenerationRequest
+from jaxvideo.results import ModelInfo
 from webapp.errors import ApiError, invalid
 from webapp.images import decode_image, fit_size
 from webapp.lora_fields import lora_specs
@@ -27,17 +30,45 @@ from webapp.tiling_fields import tiling_field
 
 EXTRA_ARGS = re.compile(r"<sd_cpp_extra_args>(.*?)</sd_cpp_extra_args>", re.DOTALL)
 NOT_YET = "not supported by this server yet"
+# A native payload -> (client fields, output option updates).
+NativeTranslation = Callable[[Mapping[str, Any], "Capabilities"], tuple[dict, dict]]
 # The native surface takes native names, plus sd.cpp's own alias.
 SCHEDULER_ALIASES = {"normal": "discrete"}
 
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What requests are checked against: the sampling catalog and the configured limits."""
+    """What requests are checked against: the sampling catalog and the configured limits.
+
+    `samplers`/`schedulers` are every name some served model knows (what a request may name);
+    `catalog_*` is the global catalog a model without its own lists uses (empty: the same)."""
 
     samplers: tuple[str, ...]
     schedulers: tuple[str, ...]
     limits: ServerConfig
+    catalog_samplers: tuple[str, ...] = ()
+    catalog_schedulers: tuple[str, ...] = ()
+
+    @classmethod
+    def serving(cls, samplers, schedulers, limits: ServerConfig, models) -> Capabilities:
+        """The global catalog plus the names only some served models know (Wan's unipc)."""
+        extra_samplers = [s for m in models for s in m.samplers if s not in samplers]
+        extra_schedulers = [s for m in models for s in m.schedulers if s not in schedulers]
+        return cls(
+            tuple(dict.fromkeys((*samplers, *extra_samplers))),
+            tuple(dict.fromkeys((*schedulers, *extra_schedulers))),
+            limits,
+            tuple(samplers),
+            tuple(schedulers),
+        )
+
+    def for_model(self, info: ModelInfo) -> Capabilities:
+        """The names `info` really supports (its own lists, else the global catalog)."""
+        return replace(
+            self,
+            samplers=info.samplers or self.catalog_samplers or self.samplers,
+            schedulers=info.schedulers or self.catalog_schedulers or self.schedulers,
+        )
 
 
 @dataclass(frozen=True)
@@ -66,21 +97,22 @@ def extract_extra_args(prompt: str) -> tuple[str, dict[str, Any] | None]:
     return cleaned, parsed
 
 
-def load_extra_args(block: Mapping[str, Any]) -> dict[str, Any]:
-    """Parses an extra-args block with the native schema; errors name `sd_cpp_extra_args.*`."""
+def extra_args_fields(
+    block: Mapping[str, Any],
+    caps: Capabilities,
+    schema: type[Schema] = ImgGenSchema,
+    translate: NativeTranslation | None = None,
+) -> tuple[dict, dict]:
+    """An `sd_cpp_extra_args` block -> (client fields, output option updates), parsed with the
+    native `schema` and `translate` (default: img_gen's); errors name
+    `sd_cpp_extra_args.<field>`."""
     try:
-        return load(ImgGenSchema(), block)
+        data = load(schema(), block)
     except ApiError as exc:
         param = f"sd_cpp_extra_args.{exc.param}" if exc.param else "sd_cpp_extra_args"
         raise ApiError(400, f"invalid sd_cpp_extra_args: {exc.message}", param=param) from exc
-
-
-def extra_args_fields(block: Mapping[str, Any], caps: Capabilities) -> tuple[dict, dict]:
-    """An `sd_cpp_extra_args` block -> (client fields, output option updates); every error
-    names its field as `sd_cpp_extra_args.<field>`."""
-    data = load_extra_args(block)
     try:
-        return sdcpp_fields(data, caps)
+        return (translate or sdcpp_fields)(data, caps)
     except ApiError as exc:
         if not exc.param:
             raise
@@ -92,6 +124,26 @@ def extra_args_fields(block: Mapping[str, Any], caps: Capabilities) -> tuple[dic
 
 def sdcpp_fields(data: Mapping[str, Any], caps: Capabilities) -> tuple[dict[str, Any], dict]:
     """Native img_gen payload -> (client fields, output option updates)."""
+    for key in ("control_image", "ref_images"):
+        if data.get(key):
+            raise invalid(key, NOT_YET, code="unsupported")
+    fields = native_fields(data, caps)
+    if data.get("mask_image"):
+        fields["mask_image"] = decode_image(data["mask_image"], "mask_image", caps.limits, "mask")
+    if "batch_count" in data:
+        fields["batch_count"] = min(max(data["batch_count"], 1), caps.limits.max_batch_count)
+    output: dict[str, Any] = {}
+    if "output_format" in data:
+        output["output_format"] = image_format(data["output_format"])
+    if "output_compression" in data:
+        output["quality"] = min(max(data["output_compression"], 0), 100)
+    if "embed_image_metadata" in data:
+        output["embed_metadata"] = data["embed_image_metadata"]
+    return fields, output
+
+
+def native_fields(data: Mapping[str, Any], caps: Capabilities) -> dict[str, Any]:
+    """The fields img_gen and vid_gen share -> client fields (only what was sent)."""
     reject_unsupported(data)
     fields: dict[str, Any] = {}
     for key in ("model", "prompt", "negative_prompt", "width", "height", "seed", "strength"):
@@ -100,12 +152,8 @@ def sdcpp_fields(data: Mapping[str, Any], caps: Capabilities) -> tuple[dict[str,
     # Empty strings and nulls mean "no image", as in the peer.
     if data.get("init_image"):
         fields["init_image"] = decode_image(data["init_image"], "init_image", caps.limits)
-    if data.get("mask_image"):
-        fields["mask_image"] = decode_image(data["mask_image"], "mask_image", caps.limits, "mask")
     if data.get("clip_skip", 0) > 0:  # <= 0 means "the model's default", as in the peer
         fields["clip_skip"] = data["clip_skip"]
-    if "batch_count" in data:
-        fields["batch_count"] = min(max(data["batch_count"], 1), caps.limits.max_batch_count)
     loras = lora_specs(data.get("lora"), caps.limits.lora_dir)
     if loras:
         fields["loras"] = loras
@@ -127,17 +175,12 @@ def sdcpp_fields(data: Mapping[str, Any], caps: Capabilities) -> tuple[dict[str,
         fields["shifted_timestep"] = params["shifted_timestep"]
     if params.get("custom_sigmas"):
         fields.update(sigma_fields(params["custom_sigmas"], caps.limits.max_steps))
+    if params.get("flow_shift"):  # 0 and null: the model's own shift, as in the peer
+        fields["flow_shift"] = params["flow_shift"]
     guidance = params.get("guidance") or {}
     if "txt_cfg" in guidance:
         fields["guidance_scale"] = guidance["txt_cfg"]
-    output: dict[str, Any] = {}
-    if "output_format" in data:
-        output["output_format"] = image_format(data["output_format"])
-    if "output_compression" in data:
-        output["quality"] = min(max(data["output_compression"], 0), 100)
-    if "embed_image_metadata" in data:
-        output["embed_metadata"] = data["embed_image_metadata"]
-    return fields, output
+    return fields
 
 
 def sigma_fields(values: list[float], max_steps: int) -> dict[str, Any]:
@@ -159,22 +202,18 @@ def sigma_fields(values: list[float], max_steps: int) -> dict[str, Any]:
 
 
 def reject_unsupported(data: Mapping[str, Any]) -> None:
-    """Fields that would change the output but are not implemented yet answer 400 by name.
+    """Shared fields that would change the output but are not implemented answer 400 by name.
 
-    Fields that only matter together with one of these (img_cfg, control_strength,
-    cache_option, ...) are type-checked and accepted.
+    Fields that only matter together with one of these (img_cfg, cache_option, ...) are
+    type-checked and accepted. What depends on the model (flow_shift, end_image, ...) is
+    checked once the model is known (`webapp.features`).
     """
-    for key in ("control_image", "ref_images"):
-        if data.get(key):
-            raise invalid(key, NOT_YET, code="unsupported")
     if data.get("cache_mode", "disabled") not in ("", "disabled"):
         raise invalid("cache_mode", NOT_YET, code="unsupported")
     params = data.get("sample_params") or {}
     shift = params.get("shifted_timestep", 0)
     if not 0 <= shift <= 1000:
         raise invalid("sample_params.shifted_timestep", f"must be within [0, 1000], got {shift}")
-    if params.get("flow_shift"):
-        raise invalid("sample_params.flow_shift", NOT_YET, code="unsupported")
     if ((params.get("guidance") or {}).get("slg") or {}).get("scale"):
         raise invalid("sample_params.guidance.slg.scale", NOT_YET, code="unsupported")
 

@@ -1,9 +1,11 @@
 """The real server for end-to-end tests: `python -m gunicorn webapp:app` on a loopback port.
 
-It serves the tiny demo model, built into a temporary cache on first start (set
-JAXVIDEO_TEST_CACHE_DIR to reuse a cache between runs), with small limits so queue and size
-errors are cheap to provoke, and a LoRA folder holding one real LoRA for the demo UNet (a
-second one lies next to the folder, where no request may reach it).
+It serves the tiny demo models (two SD ones and a Wan 2.1 video one), built into a temporary
+cache on first start (set JAXVIDEO_TEST_CACHE_DIR to reuse a cache between runs), with small
+limits so queue and size errors are cheap to provoke, a LoRA folder holding one real LoRA for
+the demo UNet (a second one lies next to the folder, where no request may reach it), and an
+input folder holding one picture for `input_reference` paths. The operator defaults keep
+videos at 5 frames, so every video test compiles the same small shapes.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import imageio_ffmpeg
 import numpy as np
 import openai
 import pytest
 import requests
+from PIL import Image
 from safetensors.numpy import save_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,8 +39,10 @@ models:
   - {{name: sd1-tiny-demo, family: sd1, path: "demo:sd1-tiny", dtype: fp32}}
   # A second real model (the same tiny weights) so model choice and switching are observable.
   - {{name: sd1-tiny-second, family: sd1, path: "demo:sd1-tiny", dtype: fp32}}
+  - {{name: wan-tiny-demo, family: wan21, path: "demo:wan-tiny"}}
 server:
   lora_dir: {lora_dir}
+  input_dir: {input_dir}
   max_queue_size: 4
   job_retention_s: 600
   expired_retention_s: 600
@@ -51,7 +57,9 @@ default_request:
   steps: 2
   width: 64
   height: 64
+  num_frames: 5
 """
+INPUT_PICTURE = "first.png"  # <input_dir>/first.png, 64x64
 
 
 def _direct_session() -> requests.Session:
@@ -83,6 +91,8 @@ class Server:
     process: subprocess.Popen
     log: Path
     lora_dir: Path
+    input_dir: Path
+    output_dir: Path
     http: requests.Session = field(default_factory=_direct_session)
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
@@ -133,8 +143,15 @@ def server(tmp_path_factory, e2e_cache_dir) -> Server:
     lora_dir.mkdir()
     write_tiny_lora(lora_dir / f"{LORA_NAME}.safetensors")
     write_tiny_lora(root / OUTSIDE_LORA, seed=1)
+    input_dir = root / "inputs"
+    input_dir.mkdir()
+    picture = np.zeros((64, 64, 3), np.uint8)
+    picture[:, :, 0] = np.arange(64, dtype=np.uint8)[None, :] * 4
+    Image.fromarray(picture).save(input_dir / INPUT_PICTURE)
     config = root / "serve.yaml"
-    config.write_text(E2E_CONFIG.format(lora_dir=json.dumps(str(lora_dir))))
+    config.write_text(
+        E2E_CONFIG.format(lora_dir=json.dumps(str(lora_dir)), input_dir=json.dumps(str(input_dir)))
+    )
     env = dict(os.environ)
     env.pop("JAXVIDEO_API_KEY", None)
     env.update(
@@ -153,7 +170,7 @@ def server(tmp_path_factory, e2e_cache_dir) -> Server:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    handle = Server(url, process, log, lora_dir)
+    handle = Server(url, process, log, lora_dir, input_dir, root / "outputs")
     try:
         _wait_healthy(handle)
         yield handle
@@ -180,6 +197,23 @@ def _wait_healthy(server: Server) -> None:
             pass
         time.sleep(0.5)
     raise AssertionError(f"server not healthy after {STARTUP_TIMEOUT_S} s:\n{server.log_tail()}")
+
+
+def read_video(data: bytes, suffix: str, folder: Path) -> tuple[dict, np.ndarray]:
+    """Decodes a container with ffmpeg (imageio-ffmpeg): (metadata, (F, H, W, 3) uint8)."""
+    path = folder / f"video.{suffix}"
+    path.write_bytes(data)
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    width, height = meta["size"]
+    frames = [np.frombuffer(frame, np.uint8).reshape(height, width, 3) for frame in reader]
+    return meta, np.stack(frames)
+
+
+@pytest.fixture
+def decode_video(tmp_path):
+    """`decode_video(data, suffix)` -> (ffmpeg metadata, (F, H, W, 3) uint8 frames)."""
+    return lambda data, suffix="mp4": read_video(data, suffix, tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_importing_webapp_builds_no_app_and_loads_no_engine():
+    # Every web module, the video ones included, stays free of JAX: only the engine needs it.
     code = (
-        "import sys, webapp\n"
+        "import sys, webapp, webapp.api, webapp.service, webapp.forms, webapp.features\n"
         "assert webapp._app is None\n"
         "assert 'jaxvideo.engine' not in sys.modules\n"
+        "assert not {'jax', 'flax'} & set(sys.modules), 'the web layer imported JAX'\n"
         "assert callable(webapp.create_app)\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
@@ -59,3 +61,16 @@ def test_api_key_is_required_everywhere_but_health(auth_client):
     assert auth_client.options("/sdcpp/v1/img_gen").status_code == 204
     spec = auth_client.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+def test_video_routes_answer_503_without_a_video_model(auth_client):
+    headers = {"Authorization": "Bearer s3cret"}
+    for route in ("/v1/videos", "/v1/videos/generations"):
+        response = auth_client.post(route, json={"prompt": "p"}, headers=headers)
+        assert response.status_code == 503
+        assert response.json["error"]["message"] == "no video generator loaded"
+        assert response.headers["x-should-retry"] == "false"
+    response = auth_client.post("/sdcpp/v1/vid_gen", json={}, headers=headers)
+    assert response.status_code == 503 and response.json == {"error": "no video generator loaded"}
+    caps = auth_client.get("/sdcpp/v1/capabilities", headers=headers).json
+    assert caps["supported_modes"] == ["img_gen"] and "vid_gen" not in caps["defaults_by_mode"]

@@ -22,7 +22,11 @@ def error_of(text: str) -> str:
 def test_default_config_serves_the_tiny_demo_model(monkeypatch):
     monkeypatch.delenv("JAXVIDEO_CONFIG", raising=False)
     config = load_config()
-    assert config.models == (ModelSpec("sd1-tiny-demo", "sd1", "demo:sd1-tiny", "fp32"),)
+    assert config.models == (
+        ModelSpec("sd1-tiny-demo", "sd1", "demo:sd1-tiny", "fp32"),
+        ModelSpec("wan-tiny-demo", "wan21", "demo:wan-tiny", "fp32"),
+        ModelSpec("wan22-tiny-demo", "wan22", "demo:wan22-tiny", "fp32"),
+    )
     assert dict(config.default_request) == {"steps": 8}
     assert config.server.max_queue_size == 64
     assert dict(config.mesh) == {}

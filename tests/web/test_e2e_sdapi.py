@@ -78,7 +78,11 @@ def test_discovery_endpoints(server):
     )
     assert schedulers[0]["label"] == "Automatic"
     models = server.get("/sdapi/v1/sd-models").json()
-    assert [m["model_name"] for m in models] == ["sd1-tiny-demo", "sd1-tiny-second"]
+    assert [m["model_name"] for m in models] == [
+        "sd1-tiny-demo",
+        "sd1-tiny-second",
+        "wan-tiny-demo",  # Wan makes images too (one frame)
+    ]
     assert len(models[0]["sha256"]) == 64 and models[0]["config"] is None
     assert server.get("/sdapi/v1/options").json() == {
         "samples_format": "png",

@@ -12,6 +12,7 @@ from jaxvideo.errors import Cancelled, InvalidRequest
 from webapp.jobs import (
     INTERRUPTED,
     SKIPPED,
+    JobExists,
     JobExpired,
     JobNotFound,
     JobTable,
@@ -268,3 +269,45 @@ def test_cancel_with_a_reason_applies_to_queued_jobs_too(table):
     assert table.cancel(second.id, SKIPPED).error == SKIPPED
     gate.set()
     assert wait_status(table, first.id, "completed").error is None
+
+
+def test_client_chosen_ids_are_unique_among_live_and_expired_jobs():
+    table = JobTable(job_retention_s=0.2, expired_retention_s=60)
+    try:
+        view = table.submit("vid_gen", stepping(1), job_id="mine")
+        assert view.id == "mine" and table.wait("mine", 10).status == "completed"
+        with pytest.raises(JobExists):
+            table.submit("vid_gen", stepping(1), job_id="mine")
+        time.sleep(0.3)
+        with pytest.raises(JobExpired):
+            table.get("mine")
+        with pytest.raises(JobExists):  # an id answering 410 is still taken
+            table.submit("vid_gen", stepping(1), job_id="mine")
+    finally:
+        table.shutdown()
+
+
+def test_views_list_live_jobs_in_submission_order(table):
+    ids = [table.submit("img_gen" if i % 2 else "vid_gen", stepping(1)).id for i in range(3)]
+    assert [v.id for v in table.views()] == ids
+    assert [v.id for v in table.views(lambda v: v.kind == "vid_gen")] == [ids[0], ids[2]]
+
+
+def test_delete_forgets_a_job_and_stops_it_if_needed(table):
+    gate, started, ran = threading.Event(), threading.Event(), []
+    done = table.wait(table.submit("vid_gen", stepping(1)).id, 10)
+    assert table.delete(done.id).status == "completed"
+    running = table.submit("vid_gen", stepping(500, log=ran))
+    wait_status(table, running.id, "generating")
+    queued = table.submit("vid_gen", blocked(gate, started))
+    assert table.delete(queued.id).status == "cancelled"
+    assert table.delete(running.id).status == "generating"  # flagged; stops at its next check
+    for job_id in (done.id, queued.id, running.id):
+        with pytest.raises(JobNotFound):
+            table.get(job_id)
+    deadline = time.monotonic() + 10
+    while table.counts()["generating"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert len(ran) < 500 and not started.is_set()
+    assert table.views() == []

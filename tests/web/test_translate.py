@@ -325,7 +325,6 @@ def test_sdcpp_fields_map_the_native_request():
         ({"control_image": "aGk="}, "control_image"),
         ({"ref_images": ["aGk="]}, "ref_images"),
         ({"cache_mode": "easycache"}, "cache_mode"),
-        ({"sample_params": {"flow_shift": 3.0}}, "sample_params.flow_shift"),
         (
             {"sample_params": {"guidance": {"slg": {"scale": 2.5}}}},
             "sample_params.guidance.slg.scale",

@@ -12,6 +12,7 @@ from marshmallow import EXCLUDE
 from jaxvideo.config import ServerConfig
 from jaxvideo.request import build_request
 from jaxvideo.sampling import SAMPLERS, SCHEDULERS
+from jaxvideo.sampling.flow import FLOW_SAMPLER_FNS, FLOW_SCHEDULES
 from jaxvideo.tiling import VaeTiling
 from webapp import a1111
 from webapp.errors import ApiError
@@ -79,7 +80,9 @@ def test_every_native_sampler_and_schedule_is_accepted_on_every_surface():
         label = SCHEDULER_LABELS[schedule]
         assert sdapi({"prompt": "p", "scheduler": label})["scheduler"] == schedule
         assert openai({"prompt": "p", "scheduler": label})["scheduler"] == schedule
-    assert set(DISPLAY_NAMES) == set(SAMPLERS) and set(SCHEDULER_LABELS) == set(SCHEDULERS)
+    # Every sampler has an A1111 display name, the flow-only ones (Wan's UniPC) included.
+    assert set(DISPLAY_NAMES) == set(SAMPLERS) | set(FLOW_SAMPLER_FNS)
+    assert set(SCHEDULER_LABELS) == set(SCHEDULERS) | set(FLOW_SCHEDULES)
 
 
 @pytest.mark.parametrize(

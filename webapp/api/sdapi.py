@@ -127,10 +127,11 @@ def info(result: ImageResult) -> dict[str, Any]:
 
 @bp.get("/samplers")
 def samplers() -> Response:
+    # As in A1111: what the current checkpoint (the sdapi default model) can run.
     return jsonify(
         [
             {"name": a1111.display_name(s), "aliases": a1111.sampler_aliases(s), "options": {}}
-            for s in service().caps.samplers
+            for s in _model_caps().samplers
         ]
     )
 
@@ -141,9 +142,14 @@ def schedulers() -> Response:
     entries = [{"name": "automatic", "label": "Automatic", "aliases": ["default"]}]
     entries += [
         {"name": s, "label": a1111.scheduler_label(s), "aliases": a1111.scheduler_aliases(s)}
-        for s in service().caps.schedulers
+        for s in _model_caps().schedulers
     ]
     return jsonify(entries)
+
+
+def _model_caps():
+    svc = service()
+    return svc.caps.for_model(svc.model_info(svc.sdapi_model()))
 
 
 @bp.get("/sd-models")

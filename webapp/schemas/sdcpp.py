@@ -29,17 +29,25 @@ class GuidanceSchema(Schema):
     slg = fields.Nested(SlgSchema)
 
 
-class SampleParamsSchema(Schema):
+class HighNoiseSampleParamsSchema(Schema):
+    """`high_noise_sample_params` (vid_gen): the high-noise expert's stage of Wan 2.2."""
+
     scheduler = fields.String(allow_none=True)
     sample_method = fields.String(allow_none=True)
-    sample_steps = Int()
+    sample_steps = Int(
+        metadata={"description": "< 0: split sample_steps at moe_boundary; > 0: own steps"}
+    )
     eta = Num(allow_none=True)
     shifted_timestep = Int(validate=validate.Range(min=0, max=1000))
+    flow_shift = Num(allow_none=True, metadata={"description": "0 or null: the model's own"})
+    guidance = fields.Nested(GuidanceSchema)
+
+
+class SampleParamsSchema(HighNoiseSampleParamsSchema):
+    sample_steps = Int()
     custom_sigmas = fields.List(
         Num(), metadata={"description": "descending sigmas; replace scheduler and sample_steps"}
     )
-    flow_shift = Num(allow_none=True)
-    guidance = fields.Nested(GuidanceSchema)
 
 
 class LoraSchema(Schema):
@@ -95,6 +103,27 @@ class ImgGenSchema(GenerationSchema):
     ref_images = fields.List(fields.String())
     mask_image = fields.String(allow_none=True)
     control_image = fields.String(allow_none=True)
+
+
+class VidGenSchema(GenerationSchema):
+    """`POST /sdcpp/v1/vid_gen` (and `sd_cpp_extra_args` blocks on `/v1/videos*`)."""
+
+    video_frames = Int(
+        validate=validate.Range(min=1, error="must be > 0"),
+        metadata={"description": "Wan rounds down to 4n+1 (34 -> 33); result.frame_count"},
+    )
+    fps = Int(validate=validate.Range(min=1, error="must be > 0"))
+    moe_boundary = Num(
+        validate=validate.Range(
+            min=0, max=1, min_inclusive=False, max_inclusive=False, error="must be within (0, 1)"
+        ),
+        metadata={"description": "Wan 2.2: where the high-noise expert hands over"},
+    )
+    vace_strength = Num(metadata={"description": "only with control_frames (VACE)"})
+    end_image = fields.String(allow_none=True, metadata={"description": "the last frame"})
+    control_frames = fields.List(fields.String(), metadata={"description": "VACE: unsupported"})
+    high_noise_sample_params = fields.Nested(HighNoiseSampleParamsSchema)
+    output_format = fields.String(metadata={"enum": ["webm", "webp", "avi"]})
 
 
 class JobSubmittedSchema(Schema):
