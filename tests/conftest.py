@@ -14,3 +14,15 @@ os.environ["JAXVIDEO_TEST_CACHE_DIR"] = _root
 os.environ.setdefault("JAXVIDEO_CACHE_DIR", _root)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_root, "xla"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`--dist loadgroup`), keep each test module on one worker (its
+    module fixtures, e.g. converted tiny pipelines, are built once) and every end-to-end web
+    test on one worker (one real server, not one per worker)."""
+    import pytest
+
+    for item in items:
+        path = item.path.as_posix()
+        group = "web" if "/tests/web/" in path else path
+        item.add_marker(pytest.mark.xdist_group(group))
