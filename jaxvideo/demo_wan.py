@@ -23,6 +23,7 @@ WAN_LATENTS_STD = [
     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
 ]  # fmt: skip
 
+# diffusers' Wan scheduler config (what its Wan-AI/*-Diffusers folders ship).
 WAN_SCHEDULER = {
     "_class_name": "UniPCMultistepScheduler",
     "num_train_timesteps": 1000,

@@ -66,17 +66,19 @@ class Engine:
                 ) from None
             pipeline = pipeline_cls(folder, dtype=spec.dtype)
             self._pipelines[spec.name] = pipeline
-            video = spec.family in VIDEO_FAMILIES
             self._infos[spec.name] = ModelInfo(
                 name=spec.name,
                 family=spec.family,
                 path=str(folder),
-                modes=("img_gen", "vid_gen") if video else ("img_gen",),
+                modes=tuple(getattr(pipeline, "modes", ("img_gen",))),
                 created=int((folder / "model_index.json").stat().st_mtime),
                 dtype=spec.dtype,
                 samplers=tuple(getattr(pipeline, "samplers", ())),
                 schedulers=tuple(getattr(pipeline, "schedulers", ())),
                 features=dict(getattr(pipeline, "features", {})),
+                size_multiple=int(getattr(pipeline, "size_multiple", 8)),
+                frame_multiple=int(getattr(pipeline, "frame_multiple", 1)),
+                needs_init_image=bool(getattr(pipeline, "is_i2v", False)),
             )
             log.info(
                 "loaded %s (%s) from %s in %.1fs",

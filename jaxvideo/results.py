@@ -24,6 +24,21 @@ class ModelInfo:
     samplers: tuple[str, ...] = ()
     schedulers: tuple[str, ...] = ()
     features: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Width and height must be multiples of this (SD: the VAE's 8; Wan: 8 x its 2x2 patches).
+    size_multiple: int = 8
+    # Videos have k * frame_multiple + 1 frames (Wan's causal VAE: 4n + 1); 1 = any count.
+    frame_multiple: int = 1
+    # Image-to-video models cannot start without a first frame (init_image or a continuation).
+    needs_init_image: bool = False
+
+    def frames_for(self, requested: int) -> int:
+        """The frame count a video will really have: the largest k * frame_multiple + 1 not
+        above `requested` (Wan: 34 -> 33, 32 -> 29), at least 1."""
+        return round_frames(requested, self.frame_multiple)
+
+
+def round_frames(requested: int, multiple: int) -> int:
+    return max(1, (requested - 1) // multiple * multiple + 1)
 
 
 @dataclass

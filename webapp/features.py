@@ -18,8 +18,6 @@ from webapp.translate import NOT_YET
 from webapp.video_fields import MAX_FRAMES
 
 FLOW_FAMILIES = frozenset(("wan21", "wan22"))
-# Wan's latent grid: the VAE's 8x times the transformer's 2x2 patches.
-FLOW_SIZE_MULTIPLE = 16
 # Client field -> the feature the model must have in this mode.
 GATED = {
     "init_image": "init_image",
@@ -49,6 +47,11 @@ def gate(
         if key in fields:
             problem = f"not supported for {info.family} models" if flow else NOT_YET
             raise invalid(names.get(key, key), problem, "unsupported")
+    if info.needs_init_image and "init_image" not in fields and "continuation" not in fields:
+        raise invalid(
+            names.get("init_image", "init_image"),
+            f"model {info.name!r} is an image-to-video model: send a first frame",
+        )
     declared = info.features.get(mode)
     if declared is None:
         return dict(fields)
@@ -68,13 +71,13 @@ def gate(
 
 def check_merged(request: GenerationRequest, info: ModelInfo, names: Mapping[str, str]) -> None:
     """Checks on the merged request that depend on the model family or the mode."""
-    if info.family in FLOW_FAMILIES:
+    if info.size_multiple > 8:  # 8 is checked for every model at translation
         for field in ("width", "height"):
             value = getattr(request, field)
-            if value % FLOW_SIZE_MULTIPLE:
+            if value % info.size_multiple:
                 raise invalid(
                     names.get(field, field),
-                    f"{field} must be a multiple of {FLOW_SIZE_MULTIPLE} for {info.family} "
+                    f"{field} must be a multiple of {info.size_multiple} for {info.family} "
                     f"models, got {value}",
                 )
     if request.mode != "vid_gen":
@@ -89,9 +92,5 @@ def check_merged(request: GenerationRequest, info: ModelInfo, names: Mapping[str
 
 
 def expected_frames(info: ModelInfo, requested: int) -> int:
-    """The frame count a video will have: Wan keeps the largest 4n + 1 not above the request
-    (as `jaxvideo.pipelines.wan.frame_count`, which imports JAX); the job reports the real
-    count once it is done."""
-    if info.family in FLOW_FAMILIES:
-        return max(1, (requested - 1) // 4 * 4 + 1)
-    return requested
+    """The frame count a video will have; the job reports the real count once it is done."""
+    return info.frames_for(requested)

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 from flask import current_app
 
 from jaxvideo.config import ConfigError, ServeConfig
@@ -194,9 +195,12 @@ class Service:
     def check_operator_defaults(self) -> None:
         """Fails start-up when `default_request` cannot produce a valid request."""
         for info in self.models:
+            # An image-to-video model's requests always carry a first frame; any will do here.
+            first_frame = {"init_image": np.zeros((8, 8, 3), np.uint8)}
             for mode in info.modes:
                 try:
-                    self.resolve({"model": info.name, "mode": mode})
+                    fields = {"model": info.name, "mode": mode}
+                    self.resolve(fields | first_frame if info.needs_init_image else fields)
                 except ApiError as exc:
                     raise ConfigError(
                         f"default_request (model {info.name}, {mode}): {exc.message}"

@@ -55,6 +55,7 @@ from jaxvideo.convert.wan_vae_original import (
     wan_vae_original_config,
     wan_vae_original_plan,
 )
+from jaxvideo.demo_wan import WAN_SCHEDULER
 from jaxvideo.models.registry import class_name_of, spec_for
 from jaxvideo.weights import CONFIG_FILE, save_component
 
@@ -67,16 +68,7 @@ RELEASE_VAE_22 = "Wan2.2_VAE.pth"
 RELEASE_TEXT_ENCODER = "models_t5_umt5-xxl-enc-bf16.pth"
 RELEASE_TOKENIZER = "google/umt5-xxl"
 # diffusers' Wan scheduler (its Wan-AI/*-Diffusers folders ship this one).
-SCHEDULER_CONFIG: dict[str, Any] = {
-    "_class_name": "UniPCMultistepScheduler",
-    "num_train_timesteps": 1000,
-    "prediction_type": "flow_prediction",
-    "use_flow_sigmas": True,
-    "flow_shift": 3.0,
-    "solver_order": 2,
-    "solver_type": "bh2",
-    "lower_order_final": True,
-}
+SCHEDULER_CONFIG: dict[str, Any] = WAN_SCHEDULER
 _TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
 # What a Wan pipeline's networks are, so a --base of another family is refused.
 EXPECTED_CLASSES = {

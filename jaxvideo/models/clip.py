@@ -110,9 +110,21 @@ class CLIPTextEmbeddings(nnx.Module):
 
 
 class CLIPAttention(nnx.Module):
-    """Multi-head self-attention with separate q/k/v projections (transformers' layout)."""
+    """Multi-head self-attention with separate q/k/v projections (transformers' layout).
 
-    def __init__(self, config: CLIPTextConfig, *, rngs: nnx.Rngs, dtype: Any, param_dtype: Any):
+    Causal for the text tower; the vision tower (clip_vision.py) lets every token see all.
+    """
+
+    def __init__(
+        self,
+        config: CLIPTextConfig,
+        *,
+        rngs: nnx.Rngs,
+        dtype: Any,
+        param_dtype: Any,
+        causal: bool = True,
+    ):
+        self.causal = causal
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         width = config.hidden_size
@@ -131,8 +143,8 @@ class CLIPAttention(nnx.Module):
         q = self.q_proj(x).reshape(shape)
         k = self.k_proj(x).reshape(shape)
         v = self.v_proj(x).reshape(shape)
-        # CLIP's text transformer is causal; SD pipelines pass no padding mask, so none here.
-        out = dot_product_attention(q, k, v, is_causal=True)
+        # SD pipelines pass no padding mask, so none here.
+        out = dot_product_attention(q, k, v, is_causal=self.causal)
         return self.out_proj(out.reshape(batch, length, -1))
 
 
@@ -163,9 +175,17 @@ class CLIPMLP(nnx.Module):
 class CLIPEncoderLayer(nnx.Module):
     """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
 
-    def __init__(self, config: CLIPTextConfig, *, rngs: nnx.Rngs, dtype: Any, param_dtype: Any):
+    def __init__(
+        self,
+        config: CLIPTextConfig,
+        *,
+        rngs: nnx.Rngs,
+        dtype: Any,
+        param_dtype: Any,
+        causal: bool = True,
+    ):
         kw = {"rngs": rngs, "dtype": dtype, "param_dtype": param_dtype}
-        self.self_attn = CLIPAttention(config, **kw)
+        self.self_attn = CLIPAttention(config, causal=causal, **kw)
         self.layer_norm1 = _layer_norm(config, **kw)
         self.mlp = CLIPMLP(config, **kw)
         self.layer_norm2 = _layer_norm(config, **kw)
@@ -176,14 +196,20 @@ class CLIPEncoderLayer(nnx.Module):
 
 
 class CLIPEncoder(nnx.Module):
-    """The stack of encoder layers."""
+    """The stack of encoder layers (text and vision towers share it; see CLIPAttention)."""
 
-    def __init__(self, config: CLIPTextConfig, *, rngs: nnx.Rngs, dtype: Any, param_dtype: Any):
+    def __init__(
+        self,
+        config: CLIPTextConfig,
+        *,
+        rngs: nnx.Rngs,
+        dtype: Any,
+        param_dtype: Any,
+        causal: bool = True,
+    ):
+        kw = {"rngs": rngs, "dtype": dtype, "param_dtype": param_dtype, "causal": causal}
         self.layers = nnx.List(
-            [
-                CLIPEncoderLayer(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-                for _ in range(config.num_hidden_layers)
-            ]
+            [CLIPEncoderLayer(config, **kw) for _ in range(config.num_hidden_layers)]
         )
 
 

@@ -17,8 +17,7 @@ from flax import nnx
 from PIL import Image
 
 from jaxvideo.convert.core import Rule
-from jaxvideo.models.attention import dot_product_attention
-from jaxvideo.models.clip import _ACTIVATIONS, CLIPMLP, CLIPAttention, _layer_norm
+from jaxvideo.models.clip import _ACTIVATIONS, CLIPEncoder, _layer_norm
 from jaxvideo.models.registry import ComponentSpec
 
 # transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD (CLIPImageProcessor's defaults).
@@ -118,46 +117,6 @@ class CLIPVisionEmbeddings(nnx.Module):
         return jnp.concatenate([cls, patches], axis=1) + positions[None]
 
 
-class CLIPVisionAttention(CLIPAttention):
-    """CLIP's attention without the text tower's causal mask: every token sees every token."""
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        batch, length, _ = x.shape
-        shape = (batch, length, self.num_heads, self.head_dim)
-        q = self.q_proj(x).reshape(shape)
-        k = self.k_proj(x).reshape(shape)
-        v = self.v_proj(x).reshape(shape)
-        out = dot_product_attention(q, k, v)
-        return self.out_proj(out.reshape(batch, length, -1))
-
-
-class CLIPVisionEncoderLayer(nnx.Module):
-    """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
-
-    def __init__(self, config: CLIPVisionConfig, *, rngs: nnx.Rngs, dtype: Any, param_dtype: Any):
-        kw = {"rngs": rngs, "dtype": dtype, "param_dtype": param_dtype}
-        self.self_attn = CLIPVisionAttention(config, **kw)
-        self.layer_norm1 = _layer_norm(config, **kw)
-        self.mlp = CLIPMLP(config, **kw)
-        self.layer_norm2 = _layer_norm(config, **kw)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
-
-
-class CLIPVisionEncoder(nnx.Module):
-    """The stack of encoder layers."""
-
-    def __init__(self, config: CLIPVisionConfig, *, rngs: nnx.Rngs, dtype: Any, param_dtype: Any):
-        self.layers = nnx.List(
-            [
-                CLIPVisionEncoderLayer(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-                for _ in range(config.num_hidden_layers)
-            ]
-        )
-
-
 class CLIPVisionModel(nnx.Module):
     """transformers' `CLIPVisionModel` on NHWC pixels already resized and normalised."""
 
@@ -173,7 +132,7 @@ class CLIPVisionModel(nnx.Module):
         kw = {"rngs": rngs, "dtype": dtype, "param_dtype": param_dtype}
         self.embeddings = CLIPVisionEmbeddings(config, **kw)
         self.pre_layrnorm = _layer_norm(config, **kw)
-        self.encoder = CLIPVisionEncoder(config, **kw)
+        self.encoder = CLIPEncoder(config, causal=False, **kw)
         self.post_layernorm = _layer_norm(config, **kw)
 
     def __call__(self, pixel_values: jax.Array, *, output_layer: int = -1) -> jax.Array:

@@ -30,7 +30,7 @@ from jaxvideo.errors import Cancelled, InvalidRequest
 from jaxvideo.lora import LoraCache
 from jaxvideo.media import resize_image
 from jaxvideo.request import GenerationRequest, HighNoiseParams
-from jaxvideo.results import GenerationResult
+from jaxvideo.results import GenerationResult, round_frames
 from jaxvideo.sampling.flow import (
     FLOW_SAMPLER_DEFAULT,
     FLOW_SAMPLER_FNS,
@@ -73,7 +73,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def frame_count(requested: int) -> int:
     """The largest 4n + 1 not above `requested` (34 -> 33, 32 -> 29); at least 1."""
-    return max(1, (requested - 1) // TEMPORAL_SCALE * TEMPORAL_SCALE + 1)
+    return round_frames(requested, TEMPORAL_SCALE)
 
 
 class WanPipeline:
@@ -141,6 +141,19 @@ class WanPipeline:
     @property
     def schedulers(self) -> tuple[str, ...]:
         return tuple(FLOW_SCHEDULES)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        # An image-to-video model needs a first frame; a one-frame "image" from it is that frame.
+        return ("vid_gen",) if self.is_i2v else ("img_gen", "vid_gen")
+
+    @property
+    def size_multiple(self) -> int:
+        return SPATIAL_SCALE * self.patch_size[1]
+
+    @property
+    def frame_multiple(self) -> int:
+        return TEMPORAL_SCALE
 
     @property
     def features(self) -> dict[str, tuple[str, ...]]:
@@ -258,7 +271,7 @@ class WanPipeline:
 
     def validate(self, req: GenerationRequest) -> tuple[str, str]:
         """Checks what only the model knows; returns the resolved (sampler, scheduler)."""
-        multiple = SPATIAL_SCALE * self.patch_size[1]
+        multiple = self.size_multiple
         if req.width % multiple or req.height % multiple:
             raise InvalidRequest(f"width and height must be multiples of {multiple} for Wan")
         sampler = _resolve_sampler(req.sampler, self._defaults["sampler"])

@@ -40,6 +40,8 @@ models:
   # A second real model (the same tiny weights) so model choice and switching are observable.
   - {{name: sd1-tiny-second, family: sd1, path: "demo:sd1-tiny", dtype: fp32}}
   - {{name: wan-tiny-demo, family: wan21, path: "demo:wan-tiny"}}
+  # Wan 2.2's two image-to-video experts: first/last frame and the high-noise stage.
+  - {{name: wan22-tiny-demo, family: wan22, path: "demo:wan22-tiny"}}
 server:
   lora_dir: {lora_dir}
   input_dir: {input_dir}

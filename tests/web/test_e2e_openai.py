@@ -30,7 +30,12 @@ def test_sdk_generates_a_png_of_the_requested_size(client):
 
 def test_sdk_lists_the_served_models(client):
     models = client.models.list()
-    assert [m.id for m in models.data] == [MODEL, "sd1-tiny-second", "wan-tiny-demo"]
+    assert [m.id for m in models.data] == [
+        MODEL,
+        "sd1-tiny-second",
+        "wan-tiny-demo",
+        "wan22-tiny-demo",
+    ]
     assert models.data[0].owned_by == "jaxvideo"
     assert isinstance(models.data[0].created, int)
 

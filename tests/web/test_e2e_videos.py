@@ -219,3 +219,32 @@ def test_a_wan_model_makes_images_and_is_listed(client, server):
     for path in ("/v1/videos", "/v1/videos/generations", "/sdcpp/v1/vid_gen"):
         assert "post" in spec["paths"][path]
     assert "get" in spec["paths"]["/v1/videos/{video_id}/content"]
+
+
+def test_wan22_experts_take_first_and_last_frame_and_a_high_noise_stage(server, decode_video):
+    rng = np.random.default_rng(5)
+    first, last = (rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2))
+    body = {
+        "model": "wan22-tiny-demo",
+        "prompt": "a door opening",
+        "video_frames": 5,
+        "fps": 8,
+        "seed": 4,
+        "init_image": png_data_url(first),
+        "end_image": png_data_url(last),
+        "sample_params": {"sample_method": "euler", "sample_steps": 2},
+        # One euler_a step on the high-noise expert, then two euler steps on the low-noise one.
+        "high_noise_sample_params": {"sample_method": "euler_a", "sample_steps": 1},
+        "output_format": "avi",
+    }
+    accepted = server.post("/sdcpp/v1/vid_gen", json=body)
+    assert accepted.status_code == 202, accepted.text
+    job = server.poll(accepted.json()["id"], until=("completed", "failed", "cancelled"))[-1]
+    assert job["status"] == "completed", job["error"]
+    assert job["progress"] == {"step": 3, "total": 3}
+    frames = decode_video(base64.b64decode(job["result"]["b64_json"]), "avi")[1]
+    assert frames.shape == (5, 64, 64, 3)
+    # An image-to-video model cannot start from nothing: refused before it is queued.
+    del body["init_image"], body["end_image"]
+    refused = server.post("/sdcpp/v1/vid_gen", json=body)
+    assert refused.status_code == 400, refused.text

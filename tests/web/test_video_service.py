@@ -55,6 +55,8 @@ INFOS = {
         samplers=FLOW,
         schedulers=("discrete",),
         features={"vid_gen": WAN_FEATURES, "img_gen": ("lora",)},
+        size_multiple=16,
+        frame_multiple=4,
     ),
     "wan22": ModelInfo(
         "wan22",
@@ -65,6 +67,8 @@ INFOS = {
         samplers=FLOW,
         schedulers=("discrete",),
         features={"vid_gen": (*WAN_FEATURES, "end_image", "high_noise_sample_params")},
+        size_multiple=16,
+        frame_multiple=4,
     ),
 }
 SD_DEFAULTS = {"width": 512, "height": 512, "steps": 20, "sampler": "euler_a"}

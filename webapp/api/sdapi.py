@@ -155,7 +155,8 @@ def _model_caps():
 @bp.get("/sd-models")
 def sd_models() -> Response:
     entries = []
-    for model in service().models:
+    # sdapi makes pictures: models that cannot (image-to-video only) are not checkpoints here.
+    for model in (m for m in service().models if "img_gen" in m.modes):
         sha256 = _index_sha256(model.path)
         entries.append(
             {
