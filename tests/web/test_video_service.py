@@ -1,29 +1,33 @@
-"""Video requests through the Service and the Flask app, in process, over a stand-in engine.
+"""Video requests through the Service and the Flask app, in process, over the real engine.
 
-The stand-in has the real engine's interface and the real Wan/SD model descriptions
-(`ModelInfo` as `jaxvideo.engine.Engine` reports them for the demo models), and makes videos
-with numpy, so merge precedence, model checks, job objects, listing and deletion are tested in
-milliseconds; the e2e tests run the same routes on the real models.
+One `Engine` serves the tiny random-weight demo models for the whole module (`sd`: SD 1.x,
+`wan`: Wan 2.1 text-to-video, `wan22`: Wan 2.2 two-expert image-to-video); every service and
+app here is built over it, so loading happens once. Videos are 64x64 with 5 (or 9) frames and
+2 steps, so the transformer compiles few shapes; a job that must still be running while a test
+acts on it asks for many steps instead of a bigger shape (steps cost no compilation), and the
+test polls until it is in progress. The videos are noise; what is checked is what the service
+resolves, what the jobs report, and that the bytes served are the engine's frames.
 """
 
 from __future__ import annotations
 
+import base64
 import io
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from jaxvideo.config import ConfigError, ServeConfig, ServerConfig, config_from_dict
-from jaxvideo.continuation import ContinuationState, wan_state
-from jaxvideo.errors import Cancelled, InvalidRequest
+from jaxvideo.continuation import ContinuationState
+from jaxvideo.demo_wan import DEMO_DEFAULTS as WAN_FAMILY
+from jaxvideo.engine import Engine
+from jaxvideo.media import encode_image
 from jaxvideo.request import GenerationRequest, HighNoiseParams
-from jaxvideo.results import GenerationResult, ModelInfo
+from jaxvideo.sampling import SAMPLERS, SCHEDULERS
+from jaxvideo.sampling.flow import FLOW_SAMPLER_FNS
 from webapp import create_app
 from webapp.errors import ApiError
 from webapp.jobs import JobTable
@@ -40,107 +44,35 @@ from webapp.video_fields import (
     with_seconds,
 )
 
-CATALOG = ("euler", "euler_a", "lcm")
-SCHEDULES = ("discrete", "karras")
-FLOW = ("unipc", "euler")
-WAN_FEATURES = ("init_image", "lora", "cancel_queued", "cancel_generating")
-INFOS = {
-    "sd": ModelInfo("sd", "sd1", "/m/sd", ("img_gen",), 1),
-    "wan": ModelInfo(
-        "wan",
-        "wan21",
-        "/m/wan",
-        ("img_gen", "vid_gen"),
-        2,
-        samplers=FLOW,
-        schedulers=("discrete",),
-        features={"vid_gen": WAN_FEATURES, "img_gen": ("lora",)},
-        size_multiple=16,
-        frame_multiple=4,
-    ),
-    "wan22": ModelInfo(
-        "wan22",
-        "wan22",
-        "/m/wan22",
-        ("img_gen", "vid_gen"),
-        3,
-        samplers=FLOW,
-        schedulers=("discrete",),
-        features={"vid_gen": (*WAN_FEATURES, "end_image", "high_noise_sample_params")},
-        size_multiple=16,
-        frame_multiple=4,
-    ),
-}
-SD_DEFAULTS = {"width": 512, "height": 512, "steps": 20, "sampler": "euler_a"}
-WAN_DEFAULTS = {
-    "width": 128,
-    "height": 128,
-    "num_frames": 17,
-    "fps": 16,
-    "steps": 50,
-    "guidance_scale": 5.0,
-    "sampler": "unipc",
-    "scheduler": "discrete",
-}
+SD_MODEL = {"name": "sd", "family": "sd1", "path": "demo:sd1-tiny"}
+MODELS = [
+    SD_MODEL,  # first: the default model, which cannot make videos
+    {"name": "wan", "family": "wan21", "path": "demo:wan-tiny"},
+    {"name": "wan22", "family": "wan22", "path": "demo:wan22-tiny"},  # needs a first frame
+]
+SMALL = {"steps": 2, "width": 64, "height": 64, "num_frames": 5}
+# Minutes of work at milliseconds per 64x64 step, so a job asking for it is still generating
+# whenever a test acts on it; tests cancel it, which takes one step, so its length costs nothing.
+LONG_STEPS = 30_000
+POLL_TIMEOUT_S = 180  # a cold start compiles the transformer and the VAE first
+STOP_TIMEOUT_S = 30  # a cancelled job stops at its next step, long before LONG_STEPS could run
+FLOW = tuple(FLOW_SAMPLER_FNS)  # Wan's own samplers
 
 
-@dataclass
-class StandInEngine:
-    """`Engine`'s interface; videos are gradients whose frame i is uniformly i * 10."""
-
-    names: tuple[str, ...] = ("sd", "wan", "wan22")
-    step_delay: float = 0.0
-    requests: list[GenerationRequest] = field(default_factory=list)
-    gate: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self.gate.set()
-
-    @property
-    def models(self) -> list[ModelInfo]:
-        return [INFOS[name] for name in self.names]
-
-    def model_info(self, name: str | None = None) -> ModelInfo:
-        if name is None:
-            return self.models[0]
-        if name not in self.names:
-            raise InvalidRequest(f"unknown model {name!r}; served: {', '.join(self.names)}")
-        return INFOS[name]
-
-    def family_defaults(self, name: str | None = None) -> dict[str, Any]:
-        info = self.model_info(name)
-        return dict(SD_DEFAULTS if info.family == "sd1" else WAN_DEFAULTS)
-
-    def generate(self, request, progress=None, cancelled=None) -> GenerationResult:
-        self.requests.append(request)
-        assert self.gate.wait(10)
-        for step in range(1, request.steps + 1):
-            time.sleep(self.step_delay)
-            if progress is not None:
-                progress(step, request.steps)
-            if cancelled is not None and cancelled() and step < request.steps:
-                raise Cancelled()
-        frames = (request.num_frames - 1) // 4 * 4 + 1
-        video = np.empty((frames, request.height, request.width, 3), np.uint8)
-        for i in range(frames):
-            video[i] = (i * 10) % 256
-        state = None
-        if request.return_state:
-            segment = 0
-            if request.continuation is not None:
-                segment = request.continuation.payload["segment_index"] + 1
-            state = wan_state(segment, request.model, video[-1], request.fps).to_json()
-        return GenerationResult(
-            [], request.seeds(), {"frame_count": frames}, [video], request.fps, state
-        )
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    """The one real engine every service and app of this module shares."""
+    return Engine(config_from_dict({"models": MODELS, "default_request": SMALL}))
 
 
-def make_service(operator: dict | None = None, tmp_path: Path | None = None, **engine) -> Service:
+def make_service(
+    engine: Engine, operator: dict | None = None, tmp_path: Path | None = None
+) -> Service:
+    """A Service over the shared engine whose operator layer is `operator` alone."""
     server = ServerConfig(output_dir=str(tmp_path or "/tmp/jaxvideo-test-out"))
-    config = ServeConfig(models=(), server=server, default_request=operator or {})
-    stand_in = StandInEngine(**engine)
-    caps = Capabilities.serving(CATALOG, SCHEDULES, server, stand_in.models)
-    return Service(config, stand_in, JobTable(), caps)
+    config = ServeConfig(models=engine.config.models, server=server, default_request=operator or {})
+    caps = Capabilities.serving(SAMPLERS, SCHEDULERS, server, engine.models)
+    return Service(config, engine, JobTable(), caps)
 
 
 def openai_request(svc: Service, body: dict) -> GenerationRequest:
@@ -157,79 +89,95 @@ def rejects(call, *args, status: int = 400) -> ApiError:
     return info.value
 
 
+def png_bytes(color: tuple[int, int, int], size: int = 64) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_data_url(color: tuple[int, int, int]) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(color)).decode("ascii")
+
+
 # -- merge precedence: client > operator default_request > surface fallback > family ------
 
 
-def test_operator_defaults_fill_what_the_client_did_not_send():
-    svc = make_service({"seed": 7, "fps": 8, "steps": 3})
+def test_operator_defaults_fill_what_the_client_did_not_send(engine):
+    svc = make_service(engine, {"seed": 7, "fps": 8, "steps": 3})
     request = openai_request(svc, {"prompt": "p"})
     assert (request.seed, request.fps, request.steps) == (7, 8, 3)
     # FastVideo's schema defaults (seconds=4, seed=1024) were not sent, so they do not count:
-    assert request.num_frames == WAN_DEFAULTS["num_frames"]
-    assert (request.width, request.height) == (128, 128)  # family
+    assert request.num_frames == WAN_FAMILY["num_frames"] == 17
+    assert (request.width, request.height) == (128, 128)  # the demo model's family defaults
 
 
-def test_client_fields_win_even_when_equal_to_a_schema_default():
-    svc = make_service({"seed": 7, "fps": 8})
+def test_client_fields_win_even_when_equal_to_a_schema_default(engine):
+    svc = make_service(engine, {"seed": 7, "fps": 8})
     request = openai_request(svc, {"prompt": "p", "seed": 1024, "fps": 24, "size": "96x64"})
     assert (request.seed, request.fps, request.width, request.height) == (1024, 24, 96, 64)
 
 
-def test_the_surface_fallback_fps_sits_between_operator_and_family():
-    svc = make_service()
+def test_the_surface_fallback_fps_sits_between_operator_and_family(engine):
+    svc = make_service(engine)
     assert openai_request(svc, {"prompt": "p"}).fps == 24  # FastVideo's hard-coded 24
     native = svc.resolve({"mode": "vid_gen"}, VIDGEN_NAMES)
-    assert native.fps == 16  # sd.cpp's surface has no fallback: the family's 16
+    assert native.fps == WAN_FAMILY["fps"] == 16  # sd.cpp's surface has no fallback
 
 
-def test_seconds_use_the_effective_fps_and_beat_operator_frames():
-    svc = make_service({"fps": 8, "num_frames": 33})
+def test_seconds_use_the_effective_fps_and_beat_operator_frames(engine):
+    svc = make_service(engine, {"fps": 8, "num_frames": 33})
     assert openai_request(svc, {"prompt": "p"}).num_frames == 33  # operator
     assert openai_request(svc, {"prompt": "p", "seconds": 2}).num_frames == 16  # 2 x 8
     assert openai_request(svc, {"prompt": "p", "seconds": "2", "fps": 4}).num_frames == 8
     request = openai_request(svc, {"prompt": "p", "seconds": 2, "num_frames": 9})
     assert request.num_frames == 9
-    assert openai_request(make_service(), {"prompt": "p", "seconds": 1}).num_frames == 24
+    assert openai_request(make_service(engine), {"prompt": "p", "seconds": 1}).num_frames == 24
 
 
-def test_queued_jobs_report_the_frames_the_model_will_make(tmp_path):
-    svc = make_service({"fps": 8, "steps": 1}, tmp_path)
+def test_queued_jobs_report_the_frames_the_model_will_make(engine, tmp_path):
+    svc = make_service(engine, {"fps": 5, "steps": 2}, tmp_path)
     request = openai_request(svc, {"prompt": "p", "seconds": 2, "size": "64x64"})
+    assert request.num_frames == 10  # 2 s x 5 fps
     view = svc.submit_video(request, VideoOutput(), "openai")
-    assert view.meta.num_frames == 13  # 16 requested -> the largest 4n+1
-    done = svc.jobs.wait(view.id, 10)
-    assert done.result.frame_count == 13 and done.result.fps == 8
+    assert view.meta.num_frames == 9  # the largest 4n+1 not above 10
+    done = svc.jobs.wait(view.id, POLL_TIMEOUT_S)
+    assert done.status == "completed", done.error
+    assert (done.result.frame_count, done.result.fps, done.result.seed) == (9, 5, request.seed)
     svc.jobs.shutdown()
 
 
-def test_operator_defaults_that_break_a_video_model_fail_start_up():
-    svc = make_service({"width": 72})  # a multiple of 8, not of Wan's 16
+def test_operator_defaults_that_break_a_video_model_fail_start_up(engine):
+    svc = make_service(engine, {"width": 72})  # a multiple of 8, not of Wan's 16
     with pytest.raises(ConfigError) as info:
         svc.check_operator_defaults()
     assert "wan" in str(info.value) and "multiple of 16" in str(info.value)
-    make_service({"width": 64, "fps": 8}).check_operator_defaults()
+    make_service(engine, {"width": 64, "fps": 8}).check_operator_defaults()
 
 
 # -- which model, and what it supports ----------------------------------------------------
 
 
-def test_video_requests_go_to_a_video_model_even_when_the_default_is_sd():
-    svc = make_service({"model": "sd"})
+def test_video_requests_go_to_a_video_model_even_when_the_default_is_sd(engine):
+    svc = make_service(engine, {"model": "sd"})
     assert openai_request(svc, {"prompt": "p"}).model == "wan"
-    assert openai_request(svc, {"prompt": "p", "model": "wan22"}).model == "wan22"
+    first = png_data_url((9, 9, 9))
+    wan22 = openai_request(svc, {"prompt": "p", "model": "wan22", "input_reference": first})
+    assert wan22.model == "wan22" and wan22.init_image.shape == (64, 64, 3)
+    err = rejects(openai_request, svc, {"prompt": "p", "model": "wan22"})
+    assert err.param == "input_reference" and "image-to-video" in err.message
     err = rejects(openai_request, svc, {"prompt": "p", "model": "sd"})
     assert err.param == "model" and "cannot serve vid_gen" in err.message
     assert rejects(openai_request, svc, {"prompt": "p", "model": "sora-2"}).param == "model"
 
 
 def test_no_video_model_is_a_503_that_a_retry_cannot_fix():
-    svc = make_service(names=("sd",))
-    err = rejects(openai_request, svc, {"prompt": "p"}, status=503)
+    sd_only = Engine(config_from_dict({"models": [SD_MODEL]}))
+    err = rejects(openai_request, make_service(sd_only), {"prompt": "p"}, status=503)
     assert err.message == "no video generator loaded" and err.retryable is False
 
 
-def test_images_from_a_wan_model_use_its_own_samplers():
-    svc = make_service()
+def test_images_from_a_wan_model_use_its_own_samplers(engine):
+    svc = make_service(engine)
     request = svc.resolve({"model": "wan", "width": 64, "height": 64})
     assert (request.mode, request.sampler) == ("img_gen", "unipc")
     assert rejects(svc.resolve, {"model": "wan", "sampler": "lcm"}).param == "sampler"
@@ -248,35 +196,39 @@ def test_images_from_a_wan_model_use_its_own_samplers():
         ({"model": "sd"}, "model", "cannot serve"),
     ],
 )
-def test_what_the_video_model_lacks_is_a_400(fields, param, words):
-    err = rejects(make_service().resolve, {"mode": "vid_gen", **fields}, VIDGEN_NAMES)
+def test_what_the_video_model_lacks_is_a_400(engine, fields, param, words):
+    err = rejects(make_service(engine).resolve, {"mode": "vid_gen", **fields}, VIDGEN_NAMES)
     assert err.param == param and words in err.message
 
 
-def test_two_expert_settings_apply_to_wan22_and_are_dropped_on_wan21():
-    svc = make_service()
+def test_two_expert_settings_apply_to_wan22_and_are_dropped_on_wan21(engine):
+    svc = make_service(engine)
     high = HighNoiseParams(steps=2)
     fields = {"mode": "vid_gen", "high_noise": high, "moe_boundary": 0.8}
     wan21 = svc.resolve({**fields, "model": "wan"}, VIDGEN_NAMES)
     assert (wan21.high_noise, wan21.moe_boundary) == (None, None)
-    wan22 = svc.resolve({**fields, "model": "wan22", "guidance_scale_2": 2.0}, VIDGEN_NAMES)
-    assert (wan22.high_noise, wan22.moe_boundary, wan22.guidance_scale_2) == (high, 0.8, 2.0)
+    first = {"init_image": np.zeros((64, 64, 3), np.uint8)}
     wan22 = svc.resolve(
-        {"model": "wan22", "mode": "vid_gen", "end_image": np.zeros((8, 8, 3), np.uint8)}
+        {**fields, **first, "model": "wan22", "guidance_scale_2": 2.0}, VIDGEN_NAMES
     )
+    assert (wan22.high_noise, wan22.moe_boundary, wan22.guidance_scale_2) == (high, 0.8, 2.0)
+    last = {"end_image": np.zeros((64, 64, 3), np.uint8)}
+    wan22 = svc.resolve({"model": "wan22", "mode": "vid_gen", **first, **last})
     assert wan22.end_image is not None
+    err = rejects(svc.resolve, {"model": "wan22", "mode": "vid_gen", **last}, VIDGEN_NAMES)
+    assert err.param == "init_image" and "send a first frame" in err.message
 
 
-def test_refusals_of_extra_args_fields_name_the_block_field():
+def test_refusals_of_extra_args_fields_name_the_block_field(engine):
     block = '<sd_cpp_extra_args>{"sample_params": {"shifted_timestep": 5}}</sd_cpp_extra_args>'
-    err = rejects(openai_request, make_service(), {"prompt": "p " + block})
+    err = rejects(openai_request, make_service(engine), {"prompt": "p " + block})
     assert err.param == "sd_cpp_extra_args.sample_params.shifted_timestep"
-    err = rejects(openai_request, make_service(), {"prompt": "p", "size": "72x64"})
+    err = rejects(openai_request, make_service(engine), {"prompt": "p", "size": "72x64"})
     assert err.param == "size"
 
 
-def test_sd_refuses_flow_fields_and_wan_images_refuse_init_images():
-    svc = make_service()
+def test_sd_refuses_flow_fields_and_wan_images_refuse_init_images(engine):
+    svc = make_service(engine)
     err = rejects(svc.resolve, {"flow_shift": 3.0}, {"flow_shift": "sample_params.flow_shift"})
     assert err.param == "sample_params.flow_shift" and "not supported" in err.message
     image = np.zeros((64, 64, 3), np.uint8)
@@ -288,40 +240,57 @@ def test_sd_refuses_flow_fields_and_wan_images_refuse_init_images():
 
 
 @pytest.fixture
-def app_client(tmp_path):
-    stand_in = StandInEngine(step_delay=0.01)
+def app_client(engine, tmp_path):
     config = config_from_dict(
         {
-            "models": [
-                {"name": n, "family": INFOS[n].family, "path": "demo:x"} for n in stand_in.names
-            ],
+            "models": MODELS,
             "server": {
                 "output_dir": str(tmp_path / "out"),
                 "input_dir": str(tmp_path / "in"),
                 "max_queue_size": 3,
+                "max_steps": LONG_STEPS,
             },
-            "default_request": {"steps": 2, "width": 64, "height": 64, "num_frames": 5},
+            "default_request": SMALL,
         }
     )
-    app = create_app(config, engine=stand_in)
-    client = app.test_client()
-    client.engine = stand_in
-    yield client
+    app = create_app(config, engine=engine)
+    yield app.test_client()
     app.extensions["jaxvideo"].jobs.shutdown()
 
 
-def wait_done(client, video_id: str) -> dict:
-    deadline = time.monotonic() + 10
+def service_of(client) -> Service:
+    return client.application.extensions["jaxvideo"]
+
+
+def poll(client, path: str, done, timeout: float = POLL_TIMEOUT_S) -> dict:
+    """GETs `path` until `done(body)`; returns that body."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = client.get(f"/v1/videos/{video_id}").json
-        if body["status"] in ("completed", "failed"):
+        body = client.get(path).json
+        if done(body):
             return body
         time.sleep(0.01)
-    raise AssertionError(f"{video_id} did not finish")
+    raise AssertionError(f"{path} still reads {body} after {timeout} s")
 
 
-def test_create_poll_and_download_an_mp4(app_client, decode_video):
-    created = app_client.post("/v1/videos", json={"prompt": "a fox", "seconds": "1", "fps": 8})
+def wait_done(client, video_id: str) -> dict:
+    return poll(client, f"/v1/videos/{video_id}", lambda v: v["status"] in ("completed", "failed"))
+
+
+def start_long_video(client) -> str:
+    """A video past its first sampler step (so past compiling) when this returns."""
+    body = {"prompt": "long", "num_inference_steps": LONG_STEPS}
+    created = client.post("/v1/videos", json=body)
+    assert created.status_code == 200, created.json
+    video_id = created.json["id"]
+    poll(client, f"/v1/videos/{video_id}", lambda v: v["status"] == "in_progress")
+    poll(client, f"/sdcpp/v1/jobs/{video_id}", lambda job: job["progress"]["step"] >= 1)
+    return video_id
+
+
+def test_create_poll_and_download_an_mp4(app_client, decode_video, engine):
+    body = {"prompt": "a fox", "seconds": "1", "fps": 8}
+    created = app_client.post("/v1/videos", json=body)
     assert created.status_code == 200 and created.headers["openai-poll-after-ms"] == "250"
     video = created.json
     assert video["id"].startswith("video_") and video["object"] == "video"
@@ -335,16 +304,23 @@ def test_create_poll_and_download_an_mp4(app_client, decode_video):
     done = wait_done(app_client, video["id"])
     assert (done["status"], done["progress"], done["error"]) == ("completed", 100, None)
     assert done["seconds"] == "0.625" and done["expires_at"] == done["completed_at"] + 600
-    assert "state" not in done and done["inference_time_s"] >= 0
+    assert "state" not in done and done["inference_time_s"] > 0
     assert "openai-poll-after-ms" not in app_client.get(f"/v1/videos/{video['id']}").headers
+    # The bytes served are the engine's video for this request and the seed the job reports.
+    same = openai_request(service_of(app_client), {**body, "seed": done["seed"]})
+    frames = engine.generate(same).videos[0]
+    reseeded = openai_request(service_of(app_client), {**body, "seed": done["seed"] + 1})
+    other = engine.generate(reseeded).videos[0]
     content = app_client.get(f"/v1/videos/{video['id']}/content")
     assert content.mimetype == "video/mp4"
-    _, frames = decode_video(content.data)
-    assert frames.shape == (5, 64, 64, 3)
-    # Frame i of the stand-in's video is uniformly i * 10 (H.264 is lossy: about).
-    assert np.abs(frames.mean(axis=(1, 2, 3)) - np.arange(5) * 10).max() < 3
+    _, decoded = decode_video(content.data)
+    assert decoded.shape == frames.shape == (5, 64, 64, 3)
+    # H.264 is lossy: about 6 levels off on average, where another seed's video is about 15.
+    error = np.abs(decoded.astype(float) - frames).mean()
+    assert error < 10 < np.abs(decoded.astype(float) - other).mean()
     thumb = app_client.get(f"/v1/videos/{video['id']}/content?variant=thumbnail")
     assert thumb.mimetype == "image/webp"
+    assert thumb.data == encode_image(frames[0], "webp", 90)
     assert Image.open(io.BytesIO(thumb.data)).size == (64, 64)
     bad = app_client.get(f"/v1/videos/{video['id']}/content?variant=spritesheet")
     assert bad.status_code == 400 and bad.json["error"]["param"] == "variant"
@@ -356,20 +332,27 @@ def test_the_synchronous_route_returns_the_finished_video_with_state(app_client)
     assert (done["id"], done["status"], done["num_frames"]) == ("sync-1", "completed", 9)
     state = done["state"]
     assert state["kind"] == "wan.v1" and state["payload"]["segment_index"] == 0
-    again = app_client.post("/v1/videos/generations", json={"prompt": "p2", "state": state}).json
-    assert again["status"] == "completed"
-    continued = app_client.engine.requests[-1]
+    # The continuation keeps the first segment's model, size and fps (FastVideo's fallback 24).
+    continued = openai_request(service_of(app_client), {"prompt": "p2", "state": state})
     assert isinstance(continued.continuation, ContinuationState)
     assert (continued.model, continued.fps, continued.width) == ("wan", 24, 64)
+    again = app_client.post(
+        "/v1/videos/generations", json={"prompt": "p2", "state": state, "return_state": True}
+    ).json
+    assert (again["status"], again["model"], again["fps"], again["size"]) == (
+        "completed",
+        "wan",
+        24,
+        "64x64",
+    )
+    assert again["state"]["payload"]["segment_index"] == 1  # the engine continued segment 0
     tampered = {**state, "kind": "ltx2.v1"}
     err = app_client.post("/v1/videos/generations", json={"prompt": "p", "state": tampered})
     assert err.status_code == 400 and err.json["error"]["param"] == "state"
     assert err.headers["x-should-retry"] == "false"
 
 
-def test_multipart_like_the_sdk_with_an_uploaded_first_frame(app_client):
-    frame = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 10, 10)).save(frame, format="PNG")
+def test_multipart_like_the_sdk_with_an_uploaded_first_frame(app_client, engine):
     form = {
         "prompt": "p",
         "seconds": "1",
@@ -377,14 +360,24 @@ def test_multipart_like_the_sdk_with_an_uploaded_first_frame(app_client):
         "num_frames": "5",
         "seed": "5",
         "return_state": "true",
-        "input_reference": (io.BytesIO(frame.getvalue()), "frame.png", "image/png"),
+        "input_reference": (io.BytesIO(png_bytes((200, 10, 10))), "frame.png", "image/png"),
     }
     created = app_client.post("/v1/videos", data=form, content_type="multipart/form-data")
     assert created.status_code == 200, created.json
     assert (created.json["seed"], created.json["num_frames"]) == (5, 5)
     assert wait_done(app_client, created.json["id"])["state"]["kind"] == "wan.v1"
-    first = app_client.engine.requests[-1].init_image
-    assert first.shape == (64, 64, 3) and tuple(first[0, 0]) == (200, 10, 10)
+    thumb = app_client.get(f"/v1/videos/{created.json['id']}/content?variant=thumbnail").data
+    # The uploaded frame reached the engine: the same request with that frame as a data URL
+    # makes the same first frame, and the same request without it does not.
+    body = {"prompt": "p", "size": "64x64", "num_frames": 5, "seed": 5, "return_state": True}
+    with_frame = openai_request(
+        service_of(app_client), {**body, "input_reference": png_data_url((200, 10, 10))}
+    )
+    assert tuple(with_frame.init_image[0, 0]) == (200, 10, 10)
+    first = engine.generate(with_frame).videos[0][0]
+    assert thumb == encode_image(first, "webp", 90)
+    plain = engine.generate(openai_request(service_of(app_client), body)).videos[0][0]
+    assert thumb != encode_image(plain, "webp", 90)
     bad = app_client.post(
         "/v1/videos", data={"prompt": "p", "seed": "x"}, content_type="multipart/form-data"
     )
@@ -430,38 +423,39 @@ def test_list_paginates_newest_first_and_delete_forgets(app_client):
 
 
 def test_deleting_a_queued_or_running_video_cancels_it(app_client):
-    app_client.engine.gate.clear()
-    running = app_client.post("/v1/videos", json={"prompt": "p"}).json["id"]
-    deadline = time.monotonic() + 10
-    while not app_client.engine.requests:  # the worker is inside generate, held by the gate
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    jobs = service_of(app_client).jobs
+    running = start_long_video(app_client)
     queued = app_client.post("/v1/videos", json={"prompt": "p"}).json["id"]
-    assert app_client.get(f"/v1/videos/{running}").json["status"] == "in_progress"
     assert app_client.get(f"/v1/videos/{queued}").json["status"] == "queued"
     assert app_client.get(f"/v1/videos/{queued}/content").status_code == 404  # not ready
     assert app_client.delete(f"/v1/videos/{queued}").json["deleted"] is True
+    # Dropped from the queue while the other one still generates: it can never run.
+    assert jobs.counts() == {"queued": 0, "generating": 1} and jobs.current().id == running
     assert app_client.delete(f"/v1/videos/{running}").json["deleted"] is True
-    app_client.engine.gate.set()
-    jobs = app_client.application.extensions["jaxvideo"].jobs
-    deadline = time.monotonic() + 10
+    assert app_client.get(f"/v1/videos/{running}").status_code == 404
+    # Idle long before LONG_STEPS could have run: the deleted job was stopped.
+    deadline = time.monotonic() + STOP_TIMEOUT_S
     while jobs.counts()["generating"] and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert jobs.counts() == {"queued": 0, "generating": 0}
-    assert len(app_client.engine.requests) == 1  # the queued one never ran
+    assert jobs.counts() == {"queued": 0, "generating": 0} and jobs.views() == []
 
 
 def test_a_cancelled_video_reads_failed_with_code_cancelled(app_client):
-    app_client.engine.gate.clear()
-    video = app_client.post("/v1/videos", json={"prompt": "p"}).json["id"]
-    app_client.post(f"/sdcpp/v1/jobs/{video}/cancel")
-    app_client.engine.gate.set()
-    done = wait_done(app_client, video)
-    assert done["status"] == "failed" and done["error"]["code"] == "cancelled"
-    assert app_client.get(f"/v1/videos/{video}/content").status_code == 404
+    jobs = service_of(app_client).jobs
+    running = start_long_video(app_client)
+    queued = app_client.post("/v1/videos", json={"prompt": "p"}).json["id"]
+    for video in (queued, running):
+        assert app_client.post(f"/sdcpp/v1/jobs/{video}/cancel").status_code == 200
+        done = wait_done(app_client, video)
+        assert done["status"] == "failed" and done["error"]["code"] == "cancelled"
+        assert app_client.get(f"/v1/videos/{video}/content").status_code == 404
+    stopped = jobs.get(running)
+    assert stopped.step < stopped.total == LONG_STEPS  # stopped early, not run to the end
+    assert jobs.get(queued).started is None  # the queued one never ran
 
 
 def test_ids_conflicts_unknown_ids_and_a_full_queue(app_client):
+    jobs = service_of(app_client).jobs
     assert app_client.post("/v1/videos", json={"prompt": "p", "id": "mine"}).status_code == 200
     conflict = app_client.post("/v1/videos", json={"prompt": "p", "id": "mine"})
     assert conflict.status_code == 409 and conflict.json["error"]["code"] == "job_exists"
@@ -470,28 +464,29 @@ def test_ids_conflicts_unknown_ids_and_a_full_queue(app_client):
     assert missing.status_code == 404 and "error" in missing.json
     sdcpp_job = app_client.post("/sdcpp/v1/vid_gen", json={"video_frames": 5}).json["id"]
     assert app_client.get(f"/v1/videos/{sdcpp_job}").status_code == 404
-    app_client.engine.gate.clear()
-    statuses = [app_client.post("/v1/videos", json={"prompt": "p"}).status_code for _ in range(4)]
-    app_client.engine.gate.set()
-    assert statuses[-1] == 429
+    for job in ("mine", sdcpp_job):
+        assert jobs.wait(job, POLL_TIMEOUT_S).status == "completed"
+    start_long_video(app_client)  # max_queue_size 3 counts it: two more fit in the queue
+    statuses = [app_client.post("/v1/videos", json={"prompt": "p"}) for _ in range(3)]
+    assert [s.status_code for s in statuses] == [200, 200, 429]
+    assert statuses[-1].json["error"]["code"] == "queue_full"
 
 
 def test_sdcpp_vid_gen_result_and_refusals(app_client):
     accepted = app_client.post(
-        "/sdcpp/v1/vid_gen", json={"video_frames": 34, "fps": 12, "output_format": "WebP"}
+        "/sdcpp/v1/vid_gen", json={"video_frames": 10, "fps": 12, "output_format": "WebP"}
     )
     assert accepted.status_code == 202
     body = accepted.json
     assert (body["kind"], body["status"]) == ("vid_gen", "queued")
     assert body["poll_url"] == f"/sdcpp/v1/jobs/{body['id']}"
-    jobs = app_client.application.extensions["jaxvideo"].jobs
-    jobs.wait(body["id"], 10)
+    assert service_of(app_client).jobs.wait(body["id"], POLL_TIMEOUT_S).status == "completed"
     result = app_client.get(body["poll_url"]).json["result"]
     assert {k: result[k] for k in ("output_format", "mime_type", "fps", "frame_count")} == {
         "output_format": "webp",
         "mime_type": "image/webp",
         "fps": 12,
-        "frame_count": 33,
+        "frame_count": 9,  # the largest 4n+1 not above 10
     }
     for body, name in (
         ({"model": "sd"}, "model"),
@@ -526,6 +521,7 @@ def test_capabilities_describe_both_modes(app_client):
     }
     wan22 = next(m for m in caps["models"] if m["name"] == "wan22")
     assert wan22["features_by_mode"]["vid_gen"]["end_image"] is True
+    assert wan22["features_by_mode"]["vid_gen"]["high_noise_sample_params"] is True
     # The default (SD) model's samplers are the global catalog; Wan has its own.
     assert wan22["samplers"] == list(FLOW) and "unipc" not in caps["samplers"]
     spec = app_client.get("/openapi.json").json
@@ -540,7 +536,8 @@ def test_capabilities_describe_both_modes(app_client):
 
 def test_sdapi_sampler_lists_follow_the_current_checkpoint(app_client):
     names = [s["name"] for s in app_client.get("/sdapi/v1/samplers").json]
-    assert "Euler a" in names and "UniPC" not in names
+    assert "Euler a" in names and "LCM" in names and "UniPC" not in names
     app_client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "wan"})
     names = [s["name"] for s in app_client.get("/sdapi/v1/samplers").json]
-    assert names == ["UniPC", "Euler"]
+    assert names[:2] == ["UniPC", "Euler"] and len(names) == len(FLOW)
+    assert "LCM" not in names  # in the global catalog, not a flow sampler
