@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--init-image", type=Path, help="img2img: start from this image")
     gen.add_argument("--mask", type=Path, help="inpainting: white = repaint")
     gen.add_argument("--strength", type=float, help="img2img strength in [0, 1]")
-    video = parser.add_argument_group("video (Wan models; an .mp4/.webm/.avi output makes a video)")
+    video = gen.add_argument_group("video (Wan models; an .mp4/.webm/.avi output makes a video)")
     video.add_argument("--frames", type=int, dest="num_frames", help="rounded down to 4n+1")
     video.add_argument("--fps", type=int)
     video.add_argument("--end-image", type=Path, help="last frame (first/last-frame models)")

@@ -69,6 +69,9 @@ class ServerConfig:
     # Folder that `input_reference` file paths (FastVideo) must lie in; unset = paths refused
     # (uploads and data URLs still work).
     input_dir: str | None = None
+    # Persistent XLA compilation cache: compiled denoisers and decoders are written here and
+    # reused by the next start (a restart skips most compile time). Unset = no cache.
+    compilation_cache_dir: str | None = None
     # Secrets are better kept out of YAML files, so the environment may supply the key.
     api_key: str | None = field(
         default_factory=lambda: os.environ.get("JAXVIDEO_API_KEY") or None, repr=False
@@ -161,7 +164,7 @@ def _server(raw: Any, base_dir: Path | None) -> ServerConfig:
     values: dict[str, Any] = {}
     for key, value in entry.items():
         where = f"server.{key}"
-        if key in ("output_dir", "lora_dir", "input_dir"):
+        if key in ("output_dir", "lora_dir", "input_dir", "compilation_cache_dir"):
             values[key] = None if value is None else _resolve(_typed(value, where, str), base_dir)
         elif key == "api_key":
             values[key] = None if value is None else _typed(value, where, str)

@@ -41,11 +41,25 @@ def resolve_model_path(path: str) -> Path:
     return folder
 
 
+def enable_compilation_cache(folder: str) -> None:
+    """Persists every compiled XLA program in `folder` (before anything compiles): a restart
+    with the same models and shapes loads them instead of compiling again."""
+    import jax
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    # Small programs too: a server compiles many (one per shape), and all of them add up.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    log.info("XLA compilation cache: %s", folder)
+
+
 class Engine:
     """Owns the loaded pipelines; `generate` is serialised because the devices are shared."""
 
     def __init__(self, config: Any):
         self.config = config
+        if config.server.compilation_cache_dir:
+            enable_compilation_cache(config.server.compilation_cache_dir)
         self._pipelines: dict[str, Any] = {}
         self._infos: dict[str, ModelInfo] = {}
         self._lock = threading.Lock()

@@ -63,3 +63,24 @@ def test_generate_reports_bad_input_without_a_traceback(tmp_path):
     result = run_cli(tmp_path, "a fox", "--size", "65x64", "--steps", "1")
     assert result.returncode == 2
     assert "multiples of 8" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_generate_writes_a_video_and_fills_the_configured_compilation_cache(tmp_path):
+    import imageio_ffmpeg
+
+    xla = tmp_path / "xla"
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        "models:\n  - {name: wan, family: wan21, path: 'demo:wan-tiny'}\n"
+        f"server:\n  compilation_cache_dir: {xla}\n"
+    )
+    out = tmp_path / "clip.mp4"
+    args = ["waves", "--config", str(config), "--size", "64x64", "--frames", "6", "--fps", "8"]
+    result = run_cli(tmp_path, *args, "--steps", "2", "--seed", "3", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "5 frames 64x64 at 8 fps" in result.stdout  # 6 frames round down to 4n + 1
+    reader = imageio_ffmpeg.read_frames(str(out))
+    meta = next(reader)
+    frames = list(reader)
+    assert meta["size"] == (64, 64) and meta["fps"] == 8 and len(frames) == 5
+    assert any(xla.iterdir())  # compiled programs were persisted for the next start
