@@ -307,7 +307,28 @@ class CLIPTextModelWithProjection(CLIPTextModel):
 # transformers < 5 (every published SD checkpoint) nests the text tower under `text_model.`;
 # transformers 5 saves a bare `CLIPTextModel` without it. Accept both.
 _P = r"(?:text_model\.)?"
-_LAYER = _P + r"encoder\.layers\.(\d+)\."
+
+
+def clip_encoder_rules(prefix: str) -> tuple[Rule, ...]:
+    """The encoder-layer rules the text and vision towers share (`CLIPEncoder`), under the
+    tower's optional key prefix (`text_model.`, `vision_model.`)."""
+    layer = prefix + r"encoder\.layers\.(\d+)\."
+    return (
+        Rule(
+            layer + r"self_attn\.(q_proj|k_proj|v_proj|out_proj)\.weight",
+            r"encoder.layers.\1.self_attn.\2.kernel",
+            "linear",
+        ),
+        Rule(
+            layer + r"self_attn\.(q_proj|k_proj|v_proj|out_proj)\.bias",
+            r"encoder.layers.\1.self_attn.\2.bias",
+        ),
+        Rule(layer + r"mlp\.(fc1|fc2)\.weight", r"encoder.layers.\1.mlp.\2.kernel", "linear"),
+        Rule(layer + r"mlp\.(fc1|fc2)\.bias", r"encoder.layers.\1.mlp.\2.bias"),
+        Rule(layer + r"(layer_norm1|layer_norm2)\.weight", r"encoder.layers.\1.\2.scale"),
+        Rule(layer + r"(layer_norm1|layer_norm2)\.bias", r"encoder.layers.\1.\2.bias"),
+    )
+
 
 CLIP_TEXT_RULES: tuple[Rule, ...] = (
     Rule(
@@ -318,19 +339,7 @@ CLIP_TEXT_RULES: tuple[Rule, ...] = (
         _P + r"embeddings\.position_embedding\.weight",
         "embeddings.position_embedding.embedding",
     ),
-    Rule(
-        _LAYER + r"self_attn\.(q_proj|k_proj|v_proj|out_proj)\.weight",
-        r"encoder.layers.\1.self_attn.\2.kernel",
-        "linear",
-    ),
-    Rule(
-        _LAYER + r"self_attn\.(q_proj|k_proj|v_proj|out_proj)\.bias",
-        r"encoder.layers.\1.self_attn.\2.bias",
-    ),
-    Rule(_LAYER + r"mlp\.(fc1|fc2)\.weight", r"encoder.layers.\1.mlp.\2.kernel", "linear"),
-    Rule(_LAYER + r"mlp\.(fc1|fc2)\.bias", r"encoder.layers.\1.mlp.\2.bias"),
-    Rule(_LAYER + r"(layer_norm1|layer_norm2)\.weight", r"encoder.layers.\1.\2.scale"),
-    Rule(_LAYER + r"(layer_norm1|layer_norm2)\.bias", r"encoder.layers.\1.\2.bias"),
+    *clip_encoder_rules(_P),
     Rule(_P + r"final_layer_norm\.weight", "final_layer_norm.scale"),
     Rule(_P + r"final_layer_norm\.bias", "final_layer_norm.bias"),
 )

@@ -17,7 +17,7 @@ from flax import nnx
 from PIL import Image
 
 from jaxvideo.convert.core import Rule
-from jaxvideo.models.clip import _ACTIVATIONS, CLIPEncoder, _layer_norm
+from jaxvideo.models.clip import _ACTIVATIONS, CLIPEncoder, _layer_norm, clip_encoder_rules
 from jaxvideo.models.registry import ComponentSpec
 
 # transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD (CLIPImageProcessor's defaults).
@@ -210,7 +210,6 @@ def clip_preprocess(image: np.ndarray, size: int = 224) -> np.ndarray:
 # transformers 5 saves a bare `CLIPVisionModel` without the `vision_model.` prefix that
 # transformers 4 (every published Wan checkpoint) and `CLIPVisionModelWithProjection` use.
 _P = r"(?:vision_model\.)?"
-_LAYER = _P + r"encoder\.layers\.(\d+)\."
 
 CLIP_VISION_RULES: tuple[Rule, ...] = (
     Rule(_P + r"embeddings\.class_embedding", "embeddings.class_embedding"),
@@ -225,19 +224,7 @@ CLIP_VISION_RULES: tuple[Rule, ...] = (
     ),
     Rule(_P + r"(pre_layrnorm|post_layernorm)\.weight", r"\1.scale"),
     Rule(_P + r"(pre_layrnorm|post_layernorm)\.bias", r"\1.bias"),
-    Rule(
-        _LAYER + r"self_attn\.(q_proj|k_proj|v_proj|out_proj)\.weight",
-        r"encoder.layers.\1.self_attn.\2.kernel",
-        "linear",
-    ),
-    Rule(
-        _LAYER + r"self_attn\.(q_proj|k_proj|v_proj|out_proj)\.bias",
-        r"encoder.layers.\1.self_attn.\2.bias",
-    ),
-    Rule(_LAYER + r"mlp\.(fc1|fc2)\.weight", r"encoder.layers.\1.mlp.\2.kernel", "linear"),
-    Rule(_LAYER + r"mlp\.(fc1|fc2)\.bias", r"encoder.layers.\1.mlp.\2.bias"),
-    Rule(_LAYER + r"(layer_norm1|layer_norm2)\.weight", r"encoder.layers.\1.\2.scale"),
-    Rule(_LAYER + r"(layer_norm1|layer_norm2)\.bias", r"encoder.layers.\1.\2.bias"),
+    *clip_encoder_rules(_P),
 )
 
 CLIP_VISION_PROJ_RULES: tuple[Rule, ...] = CLIP_VISION_RULES + (
