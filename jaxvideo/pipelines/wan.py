@@ -280,7 +280,7 @@ class WanPipeline:
             raise InvalidRequest("steps must be at least 1")
         if req.num_frames < 1:
             raise InvalidRequest("num_frames must be at least 1")
-        if self.is_i2v and req.init_image is None:
+        if (self.is_i2v or self.image_tokens) and req.init_image is None:
             raise InvalidRequest("this image-to-video model needs an init_image (first frame)")
         if req.end_image is not None and "end_image" not in self.features["vid_gen"]:
             raise InvalidRequest("this model has no last-frame conditioning (end_image)")
@@ -312,9 +312,9 @@ class WanPipeline:
         pixels = jnp.asarray(np.stack([clip_preprocess(im, self.clip_size) for im in images]))
         return self._encode_image_tokens(self._image_encoder[1], pixels.astype(self.dtype))
 
-    def _conditioning(self, req: GenerationRequest, frames: int, latent_shape):
-        """(condition, pinned) for the denoiser: the I2V channel input, or the TI2V / pinned
-        first-frame latents; (None, None) for plain text-to-video."""
+    @staticmethod
+    def _input_frames(req: GenerationRequest) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The request's first and last frames at the output size (None where not given)."""
         first, last = req.init_image, req.end_image
         if first is None:
             if last is not None:
@@ -322,6 +322,14 @@ class WanPipeline:
             return None, None
         first = resize_image(first, req.width, req.height)
         last = None if last is None else resize_image(last, req.width, req.height)
+        return first, last
+
+    def _conditioning(self, first, last, req: GenerationRequest, frames: int, latent_shape):
+        """(condition, pinned) for the denoiser from the resized first/last frames: the I2V
+        channel input, or the TI2V / pinned first-frame latents; (None, None) for plain
+        text-to-video."""
+        if first is None:
+            return None, None
         t_latent, h, w, _ = latent_shape
         if self.is_i2v:
             # diffusers' conditioning video: the given frame(s), zeros (mid-grey) elsewhere.
@@ -412,8 +420,10 @@ class WanPipeline:
             raise Cancelled()
         states = self._lora_states(req)
         context = self._text_context(req, states)
-        condition, pinned = self._conditioning(req, frames, noise.shape[1:])
-        image_context = self._image_tokens_for(req)
+        first, last = self._input_frames(req)
+        condition, pinned = self._conditioning(first, last, req, frames, noise.shape[1:])
+        # validate() refused image-token models without a first frame.
+        image_context = None if first is None else self._image_tokens(first, last)
         if self.expand_timesteps:
             condition, pinned = pinned, None
         batch = noise.shape[0]
@@ -467,15 +477,6 @@ class WanPipeline:
         rules["text_encoder"] = UMT5_SPEC.rules
         high = "transformer_high" if "transformer_2" in self._experts else None
         return merge_loras(base, loras, rules=rules, high_noise_component=high)
-
-    def _image_tokens_for(self, req: GenerationRequest) -> jax.Array | None:
-        if not self.image_tokens:
-            return None
-        if req.init_image is None:
-            raise InvalidRequest("this image-to-video model needs an init_image")
-        first = resize_image(req.init_image, req.width, req.height)
-        last = None if req.end_image is None else resize_image(req.end_image, req.width, req.height)
-        return self._image_tokens(first, last)
 
     def _model_fn(
         self, expert, states, batch, context, image_context, condition, pinned, guidance, noise
