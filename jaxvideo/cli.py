@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--family", default="sd1", help="with --model: sd1 | sd2 | sdxl | wan21 | wan22"
     )
-    gen.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    gen.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     gen.add_argument("-n", "--negative-prompt")
     gen.add_argument("--size", type=_size, help="WIDTHxHEIGHT (default: the family's)")
     gen.add_argument("--steps", type=int)

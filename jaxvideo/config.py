@@ -21,7 +21,8 @@ import yaml
 from jaxvideo.request import GenerationRequest
 
 FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner", "wan21", "wan22")
-DTYPES = ("fp32", "fp16", "bf16")
+# "auto": bf16 on accelerators (GPU/TPU), fp32 on CPU, decided when the model loads.
+DTYPES = ("auto", "fp32", "fp16", "bf16")
 MESH_AXES = ("data", "fsdp", "tensor", "context")
 DEMO_PREFIX = "demo:"
 DEFAULT_CONFIG_RESOURCE = "configs/default.yaml"
@@ -39,7 +40,7 @@ class ModelSpec:
     name: str
     family: str
     path: str
-    dtype: str = "fp32"
+    dtype: str = "auto"
 
     @property
     def is_demo(self) -> bool:
@@ -65,6 +66,10 @@ class ServerConfig:
     max_batch_count: int = 8
     max_steps: int = 150
     max_body_bytes: int = 64 * 1024 * 1024
+    # The job worker runs up to this many compatible queued jobs (same model, size, frames,
+    # sampler, steps, ...) as one batched call; each keeps its own seed, prompt and cancel.
+    # 1 = one job at a time.
+    max_batch_size: int = 4
     lora_dir: str | None = None
     # Folder that `input_reference` file paths (FastVideo) must lie in; unset = paths refused
     # (uploads and data URLs still work).
@@ -87,6 +92,9 @@ class ServeConfig:
     default_request: Mapping[str, Any] = field(default_factory=dict)
     mesh: Mapping[str, int] = field(default_factory=dict)
     source: str | None = None
+    # Requests (scalar GenerationRequest fields) run once at start, so the shapes clients
+    # will send are compiled before the first client waits for them.
+    warmup: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def default_model(self) -> ModelSpec:
@@ -120,14 +128,15 @@ def config_from_dict(
     raw: Any, base_dir: Path | None = None, source: str | None = None
 ) -> ServeConfig:
     """Validates an already-parsed YAML document."""
-    top = _mapping(raw, "", ("models", "server", "default_request", "mesh"))
+    top = _mapping(raw, "", ("models", "server", "default_request", "mesh", "warmup"))
     if "models" not in top:
         raise ConfigError("models: required (a list of at least one model)")
     models = _models(top["models"], base_dir)
     server = _server(top.get("server") or {}, base_dir)
     default_request = _default_request(top.get("default_request") or {})
     mesh = _mesh(top.get("mesh") or {})
-    return ServeConfig(models, server, default_request, mesh, source)
+    warmup = _warmup(top.get("warmup") or [], {spec.name for spec in models})
+    return ServeConfig(models, server, default_request, mesh, source, warmup)
 
 
 def _models(raw: Any, base_dir: Path | None) -> tuple[ModelSpec, ...]:
@@ -148,7 +157,7 @@ def _models(raw: Any, base_dir: Path | None) -> tuple[ModelSpec, ...]:
             raise ConfigError(f"{where}.name: duplicate model name {name!r}")
         seen.add(name)
         family = _choice(entry["family"], f"{where}.family", FAMILIES)
-        dtype = _choice(entry.get("dtype", "fp32"), f"{where}.dtype", DTYPES)
+        dtype = _choice(entry.get("dtype", "auto"), f"{where}.dtype", DTYPES)
         path = _typed(entry["path"], f"{where}.path", str)
         if not path.startswith(DEMO_PREFIX):
             path = _resolve(path, base_dir)
@@ -206,15 +215,15 @@ NON_DEFAULT_FIELDS = (
 )
 
 
-def _default_request(raw: Any) -> Mapping[str, Any]:
+def _default_request(raw: Any, where_prefix: str = "default_request") -> Mapping[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(GenerationRequest)}
-    entry = _mapping(raw, "default_request", tuple(fields))
+    entry = _mapping(raw, where_prefix, tuple(fields))
     out: dict[str, Any] = {}
     for key, value in entry.items():
-        where = f"default_request.{key}"
+        where = f"{where_prefix}.{key}"
         if key in NON_DEFAULT_FIELDS:
             raise ConfigError(
-                f"{where}: not allowed here; default_request holds defaults for scalar fields "
+                f"{where}: not allowed here; {where_prefix} holds scalar request fields "
                 f"(not {', '.join(NON_DEFAULT_FIELDS)}), which requests send themselves"
             )
         names = [part.strip() for part in str(fields[key].type).split("|")]
@@ -223,6 +232,16 @@ def _default_request(raw: Any) -> Mapping[str, Any]:
             raise ConfigError(f"{where}: expected {' | '.join(names)}, got {_show(value)}")
         out[key] = float(value) if "float" in names and isinstance(value, int) else value
     return types.MappingProxyType(out)
+
+
+def _warmup(raw: Any, model_names: set[str]) -> tuple[Mapping[str, Any], ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"warmup: expected a list of requests, got {_show(raw)}")
+    entries = tuple(_default_request(item, f"warmup[{i}]") for i, item in enumerate(raw))
+    for i, entry in enumerate(entries):
+        if entry.get("model") is not None and entry["model"] not in model_names:
+            raise ConfigError(f"warmup[{i}].model: no served model named {entry['model']!r}")
+    return entries
 
 
 def _mesh(raw: Any) -> Mapping[str, int]:

@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,9 @@ from jaxvideo.errors import InvalidRequest
 from jaxvideo.pipelines import VIDEO_FAMILIES, pipeline_class
 from jaxvideo.pipelines.hires import generate_with_hires
 from jaxvideo.pipelines.refine import generate_with_refiner
-from jaxvideo.request import GenerationRequest
+from jaxvideo.request import GenerationRequest, build_request
 from jaxvideo.results import GenerationResult, ModelInfo
+from jaxvideo.weights import serving_dtype
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ class Engine:
                 raise ValueError(
                     f"model {spec.name!r}: family {spec.family!r} not supported"
                 ) from None
-            pipeline = pipeline_cls(folder, dtype=spec.dtype)
+            dtype = serving_dtype(spec.dtype)
+            pipeline = pipeline_cls(folder, dtype=dtype)
             self._pipelines[spec.name] = pipeline
             self._infos[spec.name] = ModelInfo(
                 name=spec.name,
@@ -86,7 +88,7 @@ class Engine:
                 path=str(folder),
                 modes=tuple(getattr(pipeline, "modes", ("img_gen",))),
                 created=int((folder / "model_index.json").stat().st_mtime),
-                dtype=spec.dtype,
+                dtype=dtype,
                 samplers=tuple(getattr(pipeline, "samplers", ())),
                 schedulers=tuple(getattr(pipeline, "schedulers", ())),
                 features=dict(getattr(pipeline, "features", {})),
@@ -101,6 +103,19 @@ class Engine:
                 folder,
                 time.monotonic() - started,
             )
+
+        for entry in getattr(config, "warmup", ()):
+            self.warm_up(entry)
+
+    def warm_up(self, entry: Mapping[str, Any]) -> None:
+        """Runs one configured request so its shapes compile now (and land in the compilation
+        cache) rather than while the first client waits; the images are thrown away."""
+        started = time.monotonic()
+        name = self.model_info(entry.get("model")).name
+        request = build_request(entry, self.config.default_request, self.family_defaults(name))
+        request = replace(request, model=name)
+        self.generate(request)
+        log.info("warmed up %s in %.1fs", dict(entry), time.monotonic() - started)
 
     @property
     def models(self) -> list[ModelInfo]:

@@ -36,6 +36,14 @@ DTYPES = {
 }
 
 
+def serving_dtype(name: str) -> str:
+    """A configured dtype name with "auto" decided for the platform: bf16 where the devices are
+    accelerators (tensor cores, MXUs), fp32 on CPU, which has no fast half-precision path."""
+    if name != "auto":
+        return name
+    return "fp32" if jax.default_backend() == "cpu" else "bf16"
+
+
 def resolve_dtype(name: str | Any) -> Any:
     if not isinstance(name, str):
         return name

@@ -23,9 +23,9 @@ def test_default_config_serves_the_tiny_demo_model(monkeypatch):
     monkeypatch.delenv("JAXVIDEO_CONFIG", raising=False)
     config = load_config()
     assert config.models == (
-        ModelSpec("sd1-tiny-demo", "sd1", "demo:sd1-tiny", "fp32"),
-        ModelSpec("wan-tiny-demo", "wan21", "demo:wan-tiny", "fp32"),
-        ModelSpec("wan22-tiny-demo", "wan22", "demo:wan22-tiny", "fp32"),
+        ModelSpec("sd1-tiny-demo", "sd1", "demo:sd1-tiny", "auto"),
+        ModelSpec("wan-tiny-demo", "wan21", "demo:wan-tiny", "auto"),
+        ModelSpec("wan22-tiny-demo", "wan22", "demo:wan22-tiny", "auto"),
     )
     assert dict(config.default_request) == {"steps": 8}
     assert config.server.max_queue_size == 64
@@ -63,7 +63,7 @@ def test_unknown_keys_are_named_with_their_path():
 def test_wrong_types_and_values_are_named_with_their_path():
     assert (
         error_of("models: [{name: m, family: sd1, path: x, dtype: x}]")
-        == "models[0].dtype: expected one of fp32|fp16|bf16, got 'x'"
+        == "models[0].dtype: expected one of auto|fp32|fp16|bf16, got 'x'"
     )
     assert error_of("models: [{name: m, family: sd9, path: x}]").startswith(
         "models[0].family: expected one of sd1|"
@@ -147,4 +147,4 @@ def test_unreadable_or_invalid_files_raise_config_errors(tmp_path):
 def test_per_request_inputs_are_not_operator_defaults(key, value):
     message = error_of(MODEL + f"default_request: {{{key}: {value}}}")
     assert message.startswith(f"default_request.{key}: not allowed here")
-    assert "scalar fields" in message
+    assert "scalar request fields" in message
