@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,13 @@ from typing import Any
 from jaxvideo.config import DEMO_PREFIX
 from jaxvideo.continuation import last_frame_of, wan_state
 from jaxvideo.demo import resolve_demo
-from jaxvideo.errors import InvalidRequest
+from jaxvideo.errors import Cancelled, InvalidRequest
 from jaxvideo.pipelines import VIDEO_FAMILIES, pipeline_class
 from jaxvideo.pipelines.hires import generate_with_hires
 from jaxvideo.pipelines.refine import generate_with_refiner
 from jaxvideo.request import GenerationRequest, build_request
 from jaxvideo.results import GenerationResult, ModelInfo
+from jaxvideo.sharding import activate, build_mesh
 from jaxvideo.weights import serving_dtype
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,10 @@ class Engine:
         self._pipelines: dict[str, Any] = {}
         self._infos: dict[str, ModelInfo] = {}
         self._lock = threading.Lock()
+        self.mesh = build_mesh(config.mesh)
+        if self.mesh is not None:
+            axes = {axis: size for axis, size in self.mesh.shape.items() if size > 1}
+            log.info("device mesh %s over %d devices", axes, self.mesh.size)
         for spec in config.models:
             started = time.monotonic()
             folder = resolve_model_path(spec.path)
@@ -80,7 +85,8 @@ class Engine:
                     f"model {spec.name!r}: family {spec.family!r} not supported"
                 ) from None
             dtype = serving_dtype(spec.dtype)
-            pipeline = pipeline_cls(folder, dtype=dtype)
+            with activate(self.mesh):  # parameters are placed shard by shard
+                pipeline = pipeline_cls(folder, dtype=dtype)
             self._pipelines[spec.name] = pipeline
             self._infos[spec.name] = ModelInfo(
                 name=spec.name,
@@ -149,7 +155,7 @@ class Engine:
         refiner = None
         if request.refiner:
             refiner = self._pipelines[self.model_info(request.refiner).name]
-        with self._lock:
+        with self._lock, activate(self.mesh):
             if refiner is not None:
                 if request.hires is not None:
                     raise InvalidRequest("hires fix and a refiner cannot be combined yet")
@@ -157,6 +163,43 @@ class Engine:
             if request.hires is not None:
                 return generate_with_hires(pipeline, request, progress, cancelled)
             return pipeline.generate(request, progress=progress, cancelled=cancelled)
+
+    def batch_key(self, request: GenerationRequest) -> Hashable | None:
+        """Requests with equal keys may run as one `generate_batch` call: they differ only in
+        prompt, negative prompt, seed and batch_count. None: `request` runs alone (videos,
+        refiner, hires fix, init or mask images, VAE tiling, unknown models, ...)."""
+        info = self._infos.get(request.model or self.model_info().name)
+        if (
+            info is None
+            or info.family in VIDEO_FAMILIES
+            or request.mode not in info.modes
+            or request.refiner
+            or request.hires is not None
+            or request.continuation is not None
+        ):
+            return None
+        key = self._pipelines[info.name].batch_key(request)
+        return None if key is None else (info.name, key)
+
+    def generate_batch(
+        self,
+        requests: Sequence[GenerationRequest],
+        progress: Callable[[int, int], None] | None = None,
+        cancelled: Sequence[Callable[[], bool]] | None = None,
+    ) -> list[GenerationResult | Exception]:
+        """Requests with one equal `batch_key` as one sampler run; per request, in order, the
+        result `generate` would give it alone, or `Cancelled` when its own `cancelled` check
+        is true at the end. The run stops early only when every request is cancelled."""
+        keys = {self.batch_key(request) for request in requests}
+        if len(keys) != 1 or None in keys:
+            raise InvalidRequest("these requests cannot run as one batch")
+        checks = list(cancelled) if cancelled is not None else [lambda: False] * len(requests)
+        pipeline = self._pipelines[next(iter(keys))[0]]
+        with self._lock, activate(self.mesh):
+            results = pipeline.generate_batch(
+                requests, progress, lambda: all(check() for check in checks)
+            )
+        return [Cancelled() if check() else r for r, check in zip(results, checks, strict=True)]
 
     def _generate_video(
         self,
@@ -179,7 +222,7 @@ class Engine:
                 raise InvalidRequest("a continuation state and an init_image cannot be combined")
             segment = state.payload["segment_index"] + 1
             request = replace(request, init_image=last_frame_of(state), continuation=None)
-        with self._lock:
+        with self._lock, activate(self.mesh):
             result = pipeline.generate(request, progress=progress, cancelled=cancelled)
         if request.return_state and result.videos:
             last = result.videos[0][-1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from safetensors.numpy import save_file
 
 from jaxvideo.convert.core import ConversionError
 from jaxvideo.models.registry import ComponentSpec, class_name_of, spec_for
+from jaxvideo.sharding import current_mesh, place
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -91,7 +93,10 @@ def save_component(
 def load_params_into(
     model: nnx.Module, weights_path: str | Path, dtype: Any | None = None, what: str = ""
 ) -> nnx.Module:
-    """Fills an abstract `model` from a jaxvideo safetensors file, checking every key."""
+    """Fills an abstract `model` from a jaxvideo safetensors file, checking every key.
+
+    Under a device mesh (`jaxvideo.sharding.activate`) each parameter is read and placed one
+    shard per device, straight from the memory-mapped file."""
     graphdef, state = nnx.split(model)
     flat = dict(nnx.to_flat_state(state))
     expected = {flat_path(p): p for p in flat}
@@ -104,17 +109,27 @@ def load_params_into(
                 f"{what or weights_path}: weights do not fit the model "
                 f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
             )
+        mesh = current_mesh()
         for key, path in expected.items():
             var = flat[path]
-            value = f.get_tensor(key)
-            if tuple(value.shape) != tuple(var.shape):
+            tensor = f.get_slice(key)
+            shape = tuple(tensor.get_shape())
+            if shape != tuple(var.shape):
                 raise ConversionError(
-                    f"{what or weights_path}: {key} has shape {value.shape}, "
+                    f"{what or weights_path}: {key} has shape {shape}, "
                     f"model expects {tuple(var.shape)}"
                 )
-            target_dtype = dtype if dtype is not None else var.dtype
-            var.set_value(jax.device_put(jnp.asarray(value, dtype=target_dtype)))
+            np_dtype = np.dtype(dtype if dtype is not None else var.dtype)
+            if mesh is None or not shape:
+                var.set_value(jax.device_put(jnp.asarray(f.get_tensor(key), dtype=np_dtype)))
+            else:
+                read = partial(_read_block, tensor, np_dtype)
+                var.set_value(place(mesh, key, shape, read))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def _read_block(tensor: Any, dtype: np.dtype, index: tuple[slice, ...]) -> np.ndarray:
+    return np.asarray(tensor[index]).astype(dtype, copy=False)
 
 
 def load_component(model_dir: str | Path, name: str, *, dtype: str | Any = "fp32") -> nnx.Module:

@@ -3,6 +3,10 @@
 Generic over the work it runs: a job is a `run(progress, cancelled)` callable, so the table is
 tested with plain Python functions and the web layer hands it closures over `Engine.generate`.
 Synchronous endpoints submit here too and `wait`, so all generation is ordered in one place.
+
+Request batching: a job submitted with a `Batch` may run in one call together with later queued
+jobs whose batch key is equal (`Batch.run_batch` over their items). Such jobs generate together
+and share progress, but each one ends with its own status, result or error, and its own cancel.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +36,8 @@ TERMINAL = frozenset((COMPLETED, FAILED, CANCELLED))
 ProgressFn = Callable[[int, int], None]
 CancelledFn = Callable[[], bool]
 RunFn = Callable[[ProgressFn, CancelledFn], Any]
+# (items, shared progress, one cancel check per item) -> one result or exception per item.
+BatchRunFn = Callable[[list[Any], ProgressFn, list[CancelledFn]], list[Any]]
 
 CANCELLED_BY_CLIENT = {"code": "cancelled", "message": "job cancelled by client"}
 CANCELLED_BY_SHUTDOWN = {"code": "cancelled", "message": "server shutting down"}
@@ -39,6 +45,22 @@ CANCELLED_BY_SHUTDOWN = {"code": "cancelled", "message": "server shutting down"}
 # clients polling that job see the state they know, the message says who stopped it.
 INTERRUPTED = {"code": "cancelled", "message": "job interrupted (POST /sdapi/v1/interrupt)"}
 SKIPPED = {"code": "cancelled", "message": "job skipped (POST /sdapi/v1/skip)"}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """How a job may share one run with compatible queued jobs.
+
+    When the worker takes a job, it also takes the later queued jobs whose `key` equals its
+    own (in queue order, up to `limit` jobs in all; other jobs keep their place) and calls the
+    first job's `run_batch` with their `item`s, so equal keys must mean the same `run_batch`.
+    A job that finds no partner runs its own `run` as usual.
+    """
+
+    key: Hashable
+    item: Any
+    run_batch: BatchRunFn
+    limit: int
 
 
 class QueueFull(Exception):
@@ -68,6 +90,7 @@ class _Job:
     run: RunFn
     meta: Any
     created: int
+    batch: Batch | None = None
     status: str = QUEUED
     started: int | None = None
     completed: int | None = None
@@ -117,7 +140,8 @@ class JobView:
 
 
 class JobTable:
-    """Jobs in process memory. `max_queue_size` counts queued plus generating jobs."""
+    """Jobs in process memory. `max_queue_size` counts queued plus generating jobs (several
+    generate at once when they run as one batch)."""
 
     def __init__(
         self,
@@ -135,7 +159,7 @@ class JobTable:
         self._wakeup = threading.Condition(self._lock)
         self._jobs: dict[str, _Job] = {}
         self._queue: deque[_Job] = deque()
-        self._running: _Job | None = None
+        self._running: list[_Job] = []  # the jobs of the call in progress, oldest first
         self._tombstones: dict[str, float] = {}  # id -> monotonic time it turns 404
         self._counter = itertools.count(1)
         self._accepting = True
@@ -164,8 +188,8 @@ class JobTable:
         self._accepting = False
 
     def shutdown(self, *, drain_s: float = 0.0, join_s: float = 5.0) -> bool:
-        """Stops accepting, cancels queued jobs, gives the running one `drain_s` to finish
-        before flagging it cancelled, and joins the worker for up to `join_s`.
+        """Stops accepting, cancels queued jobs, gives the running ones `drain_s` to finish
+        before flagging them cancelled, and joins the worker for up to `join_s`.
 
         Returns False when the worker is still busy (e.g. inside a compilation that cannot be
         interrupted between sampler steps)."""
@@ -174,9 +198,11 @@ class JobTable:
         with self._lock:
             while self._queue:
                 self._finish_locked(self._queue.popleft(), CANCELLED, now, CANCELLED_BY_SHUTDOWN)
-            running = self._running
-        if running is not None and not running.done.wait(drain_s):
-            running.cancel_flag.set()
+            running = list(self._running)
+        deadline = time.monotonic() + drain_s
+        for job in running:
+            if not job.done.wait(max(deadline - time.monotonic(), 0.0)):
+                job.cancel_flag.set()
         with self._lock:
             self._stopping = True
             self._wakeup.notify_all()
@@ -190,9 +216,17 @@ class JobTable:
 
     # -- client operations ------------------------------------------------------------------
 
-    def submit(self, kind: str, run: RunFn, meta: Any = None, job_id: str | None = None) -> JobView:
-        """Queues `run` under `job_id` (default: a fresh `job_<hex time>_<counter>` id);
-        raises `ShuttingDown`, `JobExists` or `QueueFull`."""
+    def submit(
+        self,
+        kind: str,
+        run: RunFn,
+        meta: Any = None,
+        job_id: str | None = None,
+        batch: Batch | None = None,
+    ) -> JobView:
+        """Queues `run` under `job_id` (default: a fresh `job_<hex time>_<counter>` id), to be
+        batched with compatible jobs when `batch` is given; raises `ShuttingDown`, `JobExists`
+        or `QueueFull`."""
         self.start()
         with self._lock:
             if not self._accepting:
@@ -201,13 +235,13 @@ class JobTable:
             # An expired id still answers 410 for a while, so it cannot be reused either.
             if job_id is not None and (job_id in self._jobs or job_id in self._tombstones):
                 raise JobExists(job_id)
-            active = len(self._queue) + (self._running is not None)
+            active = len(self._queue) + len(self._running)
             if active >= self.max_queue_size:
                 raise QueueFull("job queue is full")
             now = time.time()
             if job_id is None:
                 job_id = f"job_{int(now):x}_{next(self._counter) & 0xFFFFFFFF:08x}"
-            job = _Job(id=job_id, kind=kind, run=run, meta=meta, created=int(now))
+            job = _Job(id=job_id, kind=kind, run=run, meta=meta, created=int(now), batch=batch)
             self._jobs[job_id] = job
             self._queue.append(job)
             self._wakeup.notify()
@@ -251,18 +285,17 @@ class JobTable:
         return [view for view in views if predicate is None or predicate(view)]
 
     def cancel_running(self, reason: dict[str, str] = CANCELLED_BY_CLIENT) -> JobView | None:
-        """Flags the generating job, if any (A1111's interrupt); queued jobs are left alone."""
+        """Flags every generating job (A1111's interrupt stops the whole call in progress, a
+        batch included) and returns the oldest one's snapshot; queued jobs are left alone."""
         with self._lock:
-            job = self._running
-            if job is None:
-                return None
-            self._flag_locked(job, reason)
-            return self._view_locked(job)
+            for job in self._running:
+                self._flag_locked(job, reason)
+            return self._view_locked(self._running[0]) if self._running else None
 
     def current(self) -> JobView | None:
-        """The generating job, or None when the worker is idle."""
+        """The oldest generating job (a batch shares its progress), or None when idle."""
         with self._lock:
-            return None if self._running is None else self._view_locked(self._running)
+            return self._view_locked(self._running[0]) if self._running else None
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobView:
         """Blocks until the job is terminal (or `timeout` passes) and returns its snapshot."""
@@ -274,7 +307,7 @@ class JobTable:
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            return {"queued": len(self._queue), "generating": int(self._running is not None)}
+            return {"queued": len(self._queue), "generating": len(self._running)}
 
     # -- worker -----------------------------------------------------------------------------
 
@@ -287,40 +320,84 @@ class JobTable:
                     self._prune_locked()
                 if self._stopping:
                     return
-                job = self._queue.popleft()
-                job.status = GENERATING
-                job.started = int(time.time())
-                self._running = job
-            self._execute(job)
+                first = self._queue.popleft()
+                jobs = [first, *self._take_partners_locked(first)]
+                started = int(time.time())
+                for job in jobs:
+                    job.status = GENERATING
+                    job.started = started
+                self._running = jobs
+            if len(jobs) > 1:
+                ids = " ".join(job.id for job in jobs)
+                log.info("running %d jobs as one batch: %s", len(jobs), ids)
+            self._execute(jobs)
 
-    def _execute(self, job: _Job) -> None:
+    def _take_partners_locked(self, first: _Job) -> list[_Job]:
+        """Removes from the queue, in order, the jobs that may run in one batch with `first`."""
+        batch = first.batch
+        if batch is None:
+            return []
+        partners = []
+        for job in self._queue:
+            if len(partners) + 1 >= batch.limit:
+                break
+            if job.batch is not None and job.batch.key == batch.key:
+                partners.append(job)
+        for job in partners:
+            self._queue.remove(job)
+        return partners
+
+    def _execute(self, jobs: list[_Job]) -> None:
         def progress(step: int, total: int) -> None:
             with self._lock:
-                job.step, job.total = int(step), int(total)
+                for job in jobs:
+                    job.step, job.total = int(step), int(total)
 
-        status, result, error = COMPLETED, None, None
-        try:
-            result = job.run(progress, job.cancel_flag.is_set)
-        except Cancelled:
-            status, error = CANCELLED, job.cancel_error or CANCELLED_BY_CLIENT
-        except InvalidRequest as exc:
-            status, error = FAILED, {"code": "invalid_request", "message": str(exc)}
-        except Exception as exc:  # a pipeline failure fails this job, never the worker
-            log.exception("job %s failed", job.id)
+        if len(jobs) == 1:
+            outcomes = [_call(jobs[0].run, progress, jobs[0].cancel_flag.is_set)]
+        else:
+            outcomes = self._run_batch(jobs, progress)
+        settled = [self._settle(job, outcome) for job, outcome in zip(jobs, outcomes, strict=True)]
+        with self._lock:
+            for job, (status, result, error) in zip(jobs, settled, strict=True):
+                job.result = result
+                self._finish_locked(job, status, time.time(), error)
+            self._running = []
+            self._prune_locked()
+
+    def _run_batch(self, jobs: list[_Job], progress: ProgressFn) -> list[Any]:
+        """One `run_batch` call for all `jobs`: one result or exception per job."""
+        items = [job.batch.item for job in jobs]
+        checks = [job.cancel_flag.is_set for job in jobs]
+        outcomes = _call(jobs[0].batch.run_batch, items, progress, checks)
+        if isinstance(outcomes, Exception):  # the whole call failed: so did every job
+            return [outcomes] * len(jobs)
+        if len(outcomes) != len(jobs):
+            error = RuntimeError(f"batch of {len(jobs)} jobs returned {len(outcomes)} results")
+            return [error] * len(jobs)
+        return outcomes
+
+    def _settle(self, job: _Job, outcome: Any) -> tuple[str, Any, dict[str, str] | None]:
+        """(status, result, error) of a job whose run returned or raised `outcome`."""
+        status, result, error = COMPLETED, outcome, None
+        if isinstance(outcome, Cancelled):
+            status, result, error = CANCELLED, None, job.cancel_error or CANCELLED_BY_CLIENT
+        elif isinstance(outcome, InvalidRequest):
+            status, result = FAILED, None
+            error = {"code": "invalid_request", "message": str(outcome)}
+        elif isinstance(outcome, Exception):  # a pipeline failure fails this job, never the worker
+            log.error("job %s failed", job.id, exc_info=outcome)
             # XLA errors can run to pages; the first line says what went wrong.
-            message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
-            status, error = FAILED, {"code": "generation_failed", "message": message}
+            message = (str(outcome).strip().splitlines() or [type(outcome).__name__])[0][:500]
+            status, result = FAILED, None
+            error = {"code": "generation_failed", "message": message}
         if status == COMPLETED and job.cancel_flag.is_set():
             # The client was told its cancel was accepted; honour it even if the run got past
             # its last check before noticing.
             status, result, error = CANCELLED, None, job.cancel_error or CANCELLED_BY_CLIENT
         if status == CANCELLED and not self._accepting:
             error = CANCELLED_BY_SHUTDOWN
-        with self._lock:
-            job.result = result
-            self._finish_locked(job, status, time.time(), error)
-            self._running = None
-            self._prune_locked()
+        return status, result, error
 
     # -- internals (call with the lock held) ------------------------------------------------
 
@@ -335,6 +412,7 @@ class JobTable:
         job.completed = int(now)
         job.finished_at = time.monotonic()
         job.run = _spent  # drop the closure (and the request/engine refs it holds)
+        job.batch = None
         job.done.set()
 
     def _lookup_locked(self, job_id: str) -> _Job:
@@ -377,6 +455,14 @@ class JobTable:
             meta=job.meta,
             cancel_reason=job.cancel_error if job.status == GENERATING else None,
         )
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)`, or the exception it raised (a run's outcome either way)."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return exc
 
 
 def _spent(progress: ProgressFn, cancelled: CancelledFn) -> Any:

@@ -4,7 +4,8 @@
 limits and what the model supports; `submit_images` / `submit_video` queue a job that runs
 `Engine.generate` and encodes the frames (PNG/JPEG/WebP; MP4/WebM/WebP/AVI) in the worker
 thread, so a finished job holds ready-to-send bytes; `generate_images` / `generate_video` are
-the synchronous variants (submit, then wait).
+the synchronous variants (submit, then wait). Image jobs the engine can batch carry its batch
+key, so the worker may run several of them as one `Engine.generate_batch` call.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,12 +26,21 @@ from jaxvideo.config import ConfigError, ServeConfig
 from jaxvideo.errors import InvalidRequest
 from jaxvideo.media import VIDEO_FORMATS, encode_image, encode_video
 from jaxvideo.request import GenerationRequest, build_request
-from jaxvideo.results import ModelInfo
+from jaxvideo.results import GenerationResult, ModelInfo
 from webapp import a1111
 from webapp.errors import ApiError, invalid
 from webapp.features import check_merged, expected_frames, gate
 from webapp.hires_fields import resolve_hires
-from webapp.jobs import CANCELLED, CANCELLED_BY_SHUTDOWN, COMPLETED, JobTable, JobView
+from webapp.jobs import (
+    CANCELLED,
+    CANCELLED_BY_SHUTDOWN,
+    COMPLETED,
+    Batch,
+    CancelledFn,
+    JobTable,
+    JobView,
+    ProgressFn,
+)
 from webapp.lora_fields import check_high_noise
 from webapp.references import confined, output_file
 from webapp.tiling_fields import resolve_tiling
@@ -211,8 +221,7 @@ class Service:
     def submit_images(self, request: GenerationRequest, output: OutputOptions) -> JobView:
         default_scheduler = self.family_defaults(request.model).get("scheduler")
 
-        def run(progress, cancelled) -> ImageResult:
-            result = self.engine.generate(request, progress=progress, cancelled=cancelled)
+        def encode(result: GenerationResult) -> ImageResult:
             images, infotexts = [], []
             for index, (pixels, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
                 text = self.infotext(request, seed, default_scheduler)
@@ -232,7 +241,30 @@ class Service:
                 img2img=request.init_image is not None,
             )
 
-        return self.jobs.submit(request.mode, run)
+        def run(progress, cancelled) -> ImageResult:
+            return encode(self.engine.generate(request, progress=progress, cancelled=cancelled))
+
+        return self.jobs.submit(request.mode, run, batch=self._image_batch(request, encode))
+
+    def _image_batch(
+        self, request: GenerationRequest, encode: Callable[[GenerationResult], ImageResult]
+    ) -> Batch | None:
+        """How this image job may join compatible ones (None: batching is off, or the engine
+        cannot batch this request)."""
+        limit = self.config.server.max_batch_size
+        key = self.engine.batch_key(request) if limit > 1 else None
+        return None if key is None else Batch(key, (request, encode), self._run_images, limit)
+
+    def _run_images(
+        self, items: list[tuple], progress: ProgressFn, cancelled: list[CancelledFn]
+    ) -> list[ImageResult | Exception]:
+        """One `generate_batch` call for several image jobs; each encodes its own images."""
+        requests = [request for request, _ in items]
+        results = self.engine.generate_batch(requests, progress, cancelled)
+        return [
+            result if isinstance(result, Exception) else _attempt(encode, result)
+            for (_, encode), result in zip(items, results, strict=True)
+        ]
 
     def generate_images(self, request: GenerationRequest, output: OutputOptions) -> ImageResult:
         """Synchronous surfaces: queue like everyone else, then wait for the result."""
@@ -328,6 +360,14 @@ def finished(view: JobView) -> JobView:
     if error.get("code") == "invalid_request":
         raise ApiError(400, error.get("message", "invalid request"), code="invalid_request")
     raise ApiError(500, "generation failed", detail=error.get("message"), code="generation_failed")
+
+
+def _attempt(fn: Callable[[Any], Any], arg: Any) -> Any:
+    """`fn(arg)`, or the exception it raised: one job's failure must not fail its batch."""
+    try:
+        return fn(arg)
+    except Exception as exc:
+        return exc
 
 
 def new_video_id() -> str:

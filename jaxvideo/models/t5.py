@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from jaxvideo.convert.core import Rule
+from jaxvideo.models.attention import dot_product_attention
 from jaxvideo.models.registry import ComponentSpec
 
 
@@ -195,15 +196,14 @@ class T5Attention(nnx.Module):
         table = self.relative_attention_bias.embedding[...].astype(jnp.float32)
         return table[jnp.asarray(buckets)].transpose(2, 0, 1)[None]
 
-    def __call__(self, x: jax.Array, bias: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
+        """`bias`: float32 (B, heads, L, L), the position bias plus the padding mask."""
         batch, length, _ = x.shape
         shape = (batch, length, self.num_heads, self.head_dim)
         q = self.q(x).reshape(shape)
         k = self.k(x).reshape(shape)
         v = self.v(x).reshape(shape)
-        # The project wrapper has no additive bias or scale override, so call jax directly;
-        # its XLA path computes the logits and softmax in float32 for half inputs.
-        out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=1.0)
+        out = dot_product_attention(q, k, v, bias=bias, scale=1.0)
         return self.o(out.reshape(batch, length, -1))
 
 
@@ -255,8 +255,8 @@ class T5SelfAttentionLayer(nnx.Module):
             config.d_model, config.layer_norm_epsilon, dtype=dtype, param_dtype=param_dtype
         )
 
-    def __call__(self, x: jax.Array, bias: jax.Array, mask: jax.Array) -> jax.Array:
-        return x + self.SelfAttention(self.layer_norm(x), bias, mask)
+    def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
+        return x + self.SelfAttention(self.layer_norm(x), bias)
 
 
 class T5FeedForwardLayer(nnx.Module):
@@ -292,8 +292,8 @@ class T5Block(nnx.Module):
             ]
         )
 
-    def __call__(self, x: jax.Array, bias: jax.Array, mask: jax.Array) -> jax.Array:
-        x = _clamp_fp16(self.layer[0](x, bias, mask))
+    def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
+        x = _clamp_fp16(self.layer[0](x, bias))
         return _clamp_fp16(self.layer[1](x))
 
 
@@ -311,6 +311,13 @@ class T5Stack(nnx.Module):
         self.final_layer_norm = T5LayerNorm(
             config.d_model, config.layer_norm_epsilon, dtype=dtype, param_dtype=param_dtype
         )
+
+
+def _padding_bias(attention_mask: jax.Array) -> jax.Array:
+    """float32 (B, 1, 1, L): 0 for kept keys, float32 min for padded ones (hidden from every
+    query), added to the position bias as transformers does, so attention takes one bias."""
+    keep = jnp.asarray(attention_mask) > 0
+    return jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :]
 
 
 class T5Encoder(nnx.Module):
@@ -337,15 +344,14 @@ class T5Encoder(nnx.Module):
         """
         input_ids = jnp.asarray(input_ids, dtype=jnp.int32)
         length = input_ids.shape[1]
-        # Pad keys are hidden from every query: (B, 1, 1, L) broadcast over heads and queries.
-        mask = (jnp.asarray(attention_mask) > 0)[:, None, None, :]
         x = self.shared(input_ids)
+        mask_bias = _padding_bias(attention_mask)
         bias = None
         for block in self.encoder.block:
             attention = block.layer[0].SelfAttention
             if attention.relative_attention_bias is not None:
-                bias = attention.position_bias(length)
-            x = block(x, bias, mask)
+                bias = attention.position_bias(length) + mask_bias
+            x = block(x, bias)
         return self.encoder.final_layer_norm(x)
 
 

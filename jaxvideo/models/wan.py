@@ -21,6 +21,7 @@ from jaxvideo.convert.core import Rule
 from jaxvideo.models.attention import dot_product_attention
 from jaxvideo.models.layers import Dtype, TimestepEmbedding, layer_norm, timestep_embedding
 from jaxvideo.models.registry import ComponentSpec
+from jaxvideo.sharding import constrain
 
 ROPE_THETA = 10000.0
 # diffusers' FP32LayerNorm default, used by the image embedder (the blocks use `eps`).
@@ -92,23 +93,6 @@ class WanTransformerConfig:
     @property
     def inner_dim(self) -> int:
         return self.num_attention_heads * self.attention_head_dim
-
-
-def _axes(*names: str | None) -> dict[str, Any]:
-    """Logical axis names for a later sharding pass; not applied at creation (no mesh here)."""
-    return {"out_sharding": names, "eager_sharding": False}
-
-
-def _linear(
-    in_features: int, out_features: int, kw: dict[str, Any], axes: tuple[str | None, str | None]
-) -> nnx.Linear:
-    return nnx.Linear(
-        in_features,
-        out_features,
-        kernel_metadata=_axes(*axes),
-        bias_metadata=_axes(axes[1]),
-        **kw,
-    )
 
 
 def _fp32_layer_norm(x: jax.Array, eps: float) -> jax.Array:
@@ -197,8 +181,8 @@ class FeedForward(nnx.Module):
     ):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.approximate = approximate
-        self.proj = _linear(dim, inner_dim, kw, (None, "mlp"))
-        self.out = _linear(inner_dim, dim_out, kw, ("mlp", None))
+        self.proj = nnx.Linear(dim, inner_dim, **kw)
+        self.out = nnx.Linear(inner_dim, dim_out, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.out(jax.nn.gelu(self.proj(x), approximate=self.approximate))
@@ -298,15 +282,15 @@ class WanAttention(nnx.Module):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         norm_kw = dict(epsilon=eps, rngs=rngs, dtype=jnp.float32, param_dtype=param_dtype)
         self.heads = heads
-        self.to_q = _linear(dim, dim, kw, (None, "heads"))
-        self.to_k = _linear(dim, dim, kw, (None, "heads"))
-        self.to_v = _linear(dim, dim, kw, (None, "heads"))
-        self.to_out = _linear(dim, dim, kw, ("heads", None))
+        self.to_q = nnx.Linear(dim, dim, **kw)
+        self.to_k = nnx.Linear(dim, dim, **kw)
+        self.to_v = nnx.Linear(dim, dim, **kw)
+        self.to_out = nnx.Linear(dim, dim, **kw)
         self.norm_q = nnx.RMSNorm(dim, **norm_kw)
         self.norm_k = nnx.RMSNorm(dim, **norm_kw)
         if image_kv:
-            self.add_k_proj = _linear(dim, dim, kw, (None, "heads"))
-            self.add_v_proj = _linear(dim, dim, kw, (None, "heads"))
+            self.add_k_proj = nnx.Linear(dim, dim, **kw)
+            self.add_v_proj = nnx.Linear(dim, dim, **kw)
             self.norm_added_k = nnx.RMSNorm(dim, **norm_kw)
         else:
             self.add_k_proj = self.add_v_proj = self.norm_added_k = None
@@ -430,12 +414,13 @@ class WanTransformer3DModel(nnx.Module):
         cos, sin = rope_tables(self.config.attention_head_dim, grid)
         rope = (jnp.asarray(cos), jnp.asarray(sin))
 
-        h = self.patch_embedding(x)
+        # Under a mesh the token sequence is split over `context` (sequence parallelism).
+        h = constrain(self.patch_embedding(x), "batch", "seq", None)
         temb, modulation = self.condition_embedder.time(t.reshape(batch, -1))
         context = self.condition_embedder.text_embedder(context.astype(self.dtype))
         image = self._image_tokens(image_context, batch)
         for block in self.blocks:
-            h = block(h, context, image, modulation, rope)
+            h = constrain(block(h, context, image, modulation, rope), "batch", "seq", None)
 
         e = self.scale_shift_table[...].astype(jnp.float32) + temb[:, :, None].astype(jnp.float32)
         shift, scale = e[:, :, 0], e[:, :, 1]

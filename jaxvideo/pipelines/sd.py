@@ -10,7 +10,8 @@ baked into the program, and one compiled function serves every request of the sa
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from jaxvideo.sampling import (
     make_sigmas,
     shifted_timestep,
 )
+from jaxvideo.sharding import constrain
 from jaxvideo.tiling import tiled_decode
 from jaxvideo.weights import load_component, read_config
 
@@ -125,6 +127,8 @@ class StableDiffusionPipeline:
         x_in = x_in.astype(self.dtype)
         if use_cfg:
             x_in = jnp.concatenate([x_in, x_in])
+        # Under a mesh, CFG halves and batched images are split over `data`.
+        x_in = constrain(x_in, "batch", None, None, None)
         timesteps = jnp.full((x_in.shape[0],), t, dtype=jnp.float32)
         out = unet(x_in, timesteps, context, added_cond=added).astype(jnp.float32)
         out_uncond = None
@@ -148,7 +152,8 @@ class StableDiffusionPipeline:
     @partial(jax.jit, static_argnums=(0,))
     def _decode_float(self, state, latents: jax.Array) -> jax.Array:
         vae = nnx.merge(self._vae_def, state)
-        z = latents / self.vae_scaling + self.vae_shift
+        # Split spatially over latent rows across the whole mesh.
+        z = constrain(latents / self.vae_scaling + self.vae_shift, None, "rows", None, None)
         return vae.decode(z.astype(self.dtype)).astype(jnp.float32)
 
     def decode(self, latents: jax.Array, tiling: Any = None) -> np.ndarray:
@@ -279,11 +284,14 @@ class StableDiffusionPipeline:
         *,
         sigmas: np.ndarray | None = None,
         start: jax.Array | None = None,
+        prompts: Sequence[tuple[str, str, int]] | None = None,
     ) -> jax.Array:
         """The sampler alone: unit `noise` (B, h, w, c) -> final scaled latents.
 
         `sigmas` replaces the request's schedule (a stage of it); `start` gives latents already
         at `sigmas[0]` (a refiner continuing a base model's run) instead of noise or an image.
+        `prompts` replaces the request's prompts with (prompt, negative prompt, image count)
+        triples covering the batch in order (requests batched by `generate_batch`).
         """
         sampler, scheduler = self.validate(req)
         if cancelled is not None and cancelled():
@@ -294,13 +302,18 @@ class StableDiffusionPipeline:
             {"unet": self._unet_state, **self.conditioner.states()}, list(req.loras)
         )
         unet_state = states["unet"]
-        cond: Conditioning = self.conditioner(
-            req.prompt, req.negative_prompt, req.clip_skip, req.width, req.height, states
-        )
+        prompts = prompts or [(req.prompt, req.negative_prompt, batch)]
+        covered = sum(count for _, _, count in prompts)
+        if covered != batch:
+            raise ValueError(f"prompts cover {covered} images, the batch has {batch}")
+        conds = [
+            (self.conditioner(p, n, req.clip_skip, req.width, req.height, states), count)
+            for p, n, count in prompts
+        ]
         # CFG++ samplers need the unconditional prediction even at guidance 1.
         with_uncond = sampler in SAMPLER_NEEDS_UNCOND
         use_cfg = req.guidance_scale != 1.0 or with_uncond
-        context, added = _batch_conditioning(cond, batch, use_cfg)
+        context, added = _batch_conditioning(conds, use_cfg)
         guidance = jnp.float32(req.guidance_scale)
 
         sigmas = self.sigmas(req, scheduler) if sigmas is None else sigmas
@@ -368,19 +381,75 @@ class StableDiffusionPipeline:
         sampler, scheduler = self.validate(req)
         noise, keys = self.initial_noise(req)
         pixels = self.sample(noise, keys, req, progress, cancelled)
-        return GenerationResult(
-            images=[pixels[i] for i in range(pixels.shape[0])],
-            seeds=req.seeds(),
-            info={"sampler": sampler, "scheduler": scheduler, "steps": req.steps},
+        return _result(req, pixels, sampler, scheduler)
+
+    def batch_key(self, req: GenerationRequest) -> Hashable | None:
+        """Requests with equal keys can share one sampler run (`generate_batch`): they differ
+        only in prompts, seed and batch count, and their prompts encode to the same context
+        length (77-token chunks per text encoder). None: `req` needs a run of its own."""
+        if req.init_image is not None or req.mask_image is not None or req.vae_tiling is not None:
+            return None
+        texts = (req.prompt, req.negative_prompt)
+        chunks = tuple(
+            max(len(encoder.tokenizer.chunks(text).ids) for text in texts)
+            for encoder in self.conditioner.encoders.values()
         )
+        key = (replace(req, prompt="", negative_prompt="", seed=0, batch_count=1), chunks)
+        try:
+            hash(key)
+        except TypeError:  # a field the request types leave open holds something unhashable
+            return None
+        return key
+
+    def generate_batch(
+        self,
+        reqs: Sequence[GenerationRequest],
+        progress: ProgressFn | None = None,
+        cancelled: CancelledFn | None = None,
+    ) -> list[GenerationResult]:
+        """Requests with equal `batch_key`s as one sampler run over all their images; each
+        image keeps its own prompts and seed stream, so every request gets what `generate`
+        makes for it alone."""
+        first = reqs[0]
+        sampler, scheduler = self.validate(first)
+        noise, keys = zip(*(self.initial_noise(req) for req in reqs), strict=True)
+        prompts = [(req.prompt, req.negative_prompt, req.batch_count) for req in reqs]
+        latents = self.sample_latents(
+            jnp.concatenate(noise), jnp.concatenate(keys), first, progress, cancelled,
+            prompts=prompts,
+        )  # fmt: skip
+        pixels = self.decode(latents, first.vae_tiling)
+        ends = np.cumsum([req.batch_count for req in reqs])
+        return [
+            _result(req, pixels[end - req.batch_count : end], sampler, scheduler)
+            for req, end in zip(reqs, ends, strict=True)
+        ]
 
 
-def _batch_conditioning(cond: Conditioning, batch: int, use_cfg: bool):
-    """Repeats [negative, positive] per image: (2B, ...) with CFG, else the positive half (B)."""
+def _result(req: GenerationRequest, pixels: np.ndarray, sampler: str, scheduler: str):
+    return GenerationResult(
+        images=[pixels[i] for i in range(pixels.shape[0])],
+        seeds=req.seeds(),
+        info={"sampler": sampler, "scheduler": scheduler, "steps": req.steps},
+    )
 
-    def expand(x: jax.Array) -> jax.Array:
-        halves = [jnp.repeat(x[i : i + 1], batch, axis=0) for i in (0, 1)]
+
+def _batch_conditioning(conds: Sequence[tuple[Conditioning, int]], use_cfg: bool):
+    """Repeats each prompt pair's [negative, positive] once per image it covers, negatives
+    first: (2B, ...) with CFG (the denoiser splits the halves), else the positives (B, ...)."""
+
+    def expand(parts: list[tuple[jax.Array, int]]) -> jax.Array:
+        halves = [
+            jnp.concatenate([jnp.repeat(x[i : i + 1], count, axis=0) for x, count in parts])
+            for i in (0, 1)
+        ]
         return jnp.concatenate(halves) if use_cfg else halves[1]
 
-    added = None if cond.added is None else tuple(expand(a) for a in cond.added)
-    return expand(cond.context), added
+    context = expand([(cond.context, count) for cond, count in conds])
+    if conds[0][0].added is None:
+        return context, None
+    added = tuple(
+        expand([(cond.added[j], count) for cond, count in conds])
+        for j in range(len(conds[0][0].added))
+    )
+    return context, added

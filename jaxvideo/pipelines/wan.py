@@ -37,6 +37,7 @@ from jaxvideo.sampling.flow import (
     FLOW_SCHEDULES,
     flow_sigmas,
 )
+from jaxvideo.sharding import constrain
 from jaxvideo.tokenizers import t5_token_ids
 from jaxvideo.weights import load_component, read_config
 
@@ -220,6 +221,7 @@ class WanPipeline:
             t_in = jnp.concatenate([t_in, t_in])
             if image_context is not None:
                 image_context = jnp.concatenate([image_context, image_context])
+        x_in = constrain(x_in, "batch", None, None, None, None)  # CFG halves over `data`
         v = model(x_in, t_in, context.astype(self.dtype), image_context).astype(jnp.float32)
         if use_cfg:
             v_uncond, v_cond = jnp.split(v, 2)
@@ -245,13 +247,13 @@ class WanPipeline:
     @partial(jax.jit, static_argnums=(0,))
     def _decode_first(self, state, z, cache):
         vae = nnx.merge(self._vae_def, state)
-        frames, cache = vae.decode_first(self._denormalise(z), cache)
+        frames, cache = vae.decode_first(self._denormalise(_rows_split(z)), cache)
         return _to_uint8(frames), cache
 
     @partial(jax.jit, static_argnums=(0,))
     def _decode_next(self, state, z, cache):
         vae = nnx.merge(self._vae_def, state)
-        frames, cache = vae.decode_next(self._denormalise(z), cache)
+        frames, cache = vae.decode_next(self._denormalise(_rows_split(z)), cache)
         return _to_uint8(frames), cache
 
     def decode(self, latents: jax.Array) -> np.ndarray:
@@ -548,6 +550,11 @@ class WanPipeline:
             return GenerationResult([p[0] for p in pixels], req.seeds(), info)
         info["frame_count"] = int(pixels.shape[1])
         return GenerationResult([], req.seeds(), info, videos=list(pixels), fps=req.fps)
+
+
+def _rows_split(z: jax.Array) -> jax.Array:
+    """The VAE decode is split spatially, over latent rows, across the whole mesh."""
+    return constrain(z, None, None, "rows", None, None)
 
 
 def _to_uint8(frames: jax.Array) -> jax.Array:

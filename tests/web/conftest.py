@@ -12,25 +12,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import imageio_ffmpeg
 import numpy as np
 import openai
 import pytest
-import requests
 from PIL import Image
 from safetensors.numpy import save_file
 
-REPO = Path(__file__).resolve().parents[2]
-STARTUP_TIMEOUT_S = 300  # builds the demo model and imports JAX on a cold machine
+from tests.serving import Server, serve
+
 LORA_NAME = "tiny_style"  # <lora_dir>/tiny_style.safetensors
 OUTSIDE_LORA = "outside.safetensors"  # next to lora_dir, never loadable
 
@@ -64,12 +56,6 @@ default_request:
 INPUT_PICTURE = "first.png"  # <input_dir>/first.png, 64x64
 
 
-def _direct_session() -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False  # loopback only: never through a proxy from the environment
-    return session
-
-
 def write_tiny_lora(path: Path, seed: int = 0, rank: int = 4) -> None:
     """A kohya-format LoRA for the demo UNet (jaxvideo.demo.sd1_tiny_configs): every attention
     projection of the first down block's transformer, whose width is 32 (block_out_channels
@@ -85,51 +71,6 @@ def write_tiny_lora(path: Path, seed: int = 0, rank: int = 4) -> None:
             tensors[f"{key}.lora_up.weight"] = rng.normal(0, 0.5, (32, rank)).astype(np.float32)
             tensors[f"{key}.alpha"] = np.array(float(rank), np.float32)
     save_file(tensors, str(path))
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    log: Path
-    lora_dir: Path
-    input_dir: Path
-    output_dir: Path
-    http: requests.Session = field(default_factory=_direct_session)
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", 300)
-        return self.http.get(self.url + path, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", 300)
-        return self.http.post(self.url + path, **kwargs)
-
-    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", 300)
-        return self.http.request(method, self.url + path, **kwargs)
-
-    def poll(self, job_id: str, until: tuple[str, ...], timeout: float = 240) -> list[dict]:
-        """Job snapshots, fetched every 20 ms until the status is one of `until`."""
-        seen: list[dict] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            response = self.get(f"/sdcpp/v1/jobs/{job_id}")
-            assert response.status_code == 200, response.text
-            seen.append(response.json())
-            if seen[-1]["status"] in until:
-                return seen
-            time.sleep(0.02)
-        raise AssertionError(f"job {job_id} stuck: {seen[-1]}")
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -162,43 +103,10 @@ def server(tmp_path_factory, e2e_cache_dir) -> Server:
         JAXVIDEO_OUTPUT_DIR=str(root / "outputs"),
         PYTHONUNBUFFERED="1",
     )
-    url = f"http://127.0.0.1:{_free_port()}"
-    log = root / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "webapp:app", "-b", url.removeprefix("http://")],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    handle = Server(url, process, log, lora_dir, input_dir, root / "outputs")
-    try:
-        _wait_healthy(handle)
+    with serve(config, root, env) as handle:
+        handle.lora_dir, handle.input_dir = lora_dir, input_dir
+        handle.output_dir = root / "outputs"
         yield handle
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise AssertionError("server did not exit within 60 s of SIGTERM") from None
-        assert code == 0, f"server exited with {code}:\n{handle.log_tail()}"
-
-
-def _wait_healthy(server: Server) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise AssertionError(f"server died on start:\n{server.log_tail()}")
-        try:
-            if server.get("/health", timeout=5).status_code == 200:
-                return
-        except (requests.ConnectionError, requests.Timeout):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"server not healthy after {STARTUP_TIMEOUT_S} s:\n{server.log_tail()}")
 
 
 def read_video(data: bytes, suffix: str, folder: Path) -> tuple[dict, np.ndarray]:

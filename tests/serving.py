@@ -1,0 +1,118 @@
+"""Starting the real server for tests: `python -m gunicorn webapp:app` on a loopback port.
+
+`serve(config, root, env)` starts it with a config file and environment, waits for /health,
+and on exit stops it with SIGTERM and checks it shut down cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 300  # builds the demo model and imports JAX on a cold machine
+
+
+def _direct_session() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # loopback only: never through a proxy from the environment
+    return session
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+    # Folders of the e2e fixture's config (tests/web/conftest.py), when it set them.
+    lora_dir: Path | None = None
+    input_dir: Path | None = None
+    output_dir: Path | None = None
+    http: requests.Session = field(default_factory=_direct_session)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 300)
+        return self.http.get(self.url + path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 300)
+        return self.http.post(self.url + path, **kwargs)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 300)
+        return self.http.request(method, self.url + path, **kwargs)
+
+    def poll(self, job_id: str, until: tuple[str, ...], timeout: float = 240) -> list[dict]:
+        """Job snapshots, fetched every 20 ms until the status is one of `until`."""
+        seen: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            response = self.get(f"/sdcpp/v1/jobs/{job_id}")
+            assert response.status_code == 200, response.text
+            seen.append(response.json())
+            if seen[-1]["status"] in until:
+                return seen
+            time.sleep(0.02)
+        raise AssertionError(f"job {job_id} stuck: {seen[-1]}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(config: Path, root: Path, env: Mapping[str, str]) -> Iterator[Server]:
+    """The server on `config` with environment `env` (JAXVIDEO_CONFIG is set here); its log
+    is `root/server.log`."""
+    url = f"http://127.0.0.1:{free_port()}"
+    log = root / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "webapp:app", "-b", url.removeprefix("http://")],
+            cwd=REPO,
+            env={**env, "JAXVIDEO_CONFIG": str(config), "PYTHONUNBUFFERED": "1"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    handle = Server(url, process, log)
+    try:
+        _wait_healthy(handle)
+        yield handle
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise AssertionError("server did not exit within 60 s of SIGTERM") from None
+        assert code == 0, f"server exited with {code}:\n{handle.log_tail()}"
+
+
+def _wait_healthy(server: Server) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise AssertionError(f"server died on start:\n{server.log_tail()}")
+        try:
+            if server.get("/health", timeout=5).status_code == 200:
+                return
+        except (requests.ConnectionError, requests.Timeout):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"server not healthy after {STARTUP_TIMEOUT_S} s:\n{server.log_tail()}")
