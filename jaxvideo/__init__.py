@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from jaxvideo.xla_cpu import apply_cpu_flags
+
+# Before any JAX computation: XLA reads its flags when the CPU backend starts.
+apply_cpu_flags()
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load_component"]
