@@ -43,7 +43,9 @@ def test_tiled_decode_of_a_real_vae_is_seamless(demo_pipeline):
     latents = rng.standard_normal((1, 24, 24, 4)).astype(np.float32)
     full = demo_pipeline.decode(latents).astype(np.float32)
     whole = demo_pipeline.decode(latents, VaeTiling(24, 24, 0.5)).astype(np.float32)
-    np.testing.assert_array_equal(whole, full)  # one tile == plain decode
+    # One tile == plain decode, up to rounding: the two are separately compiled programs
+    # (the plain one converts to uint8 on device), whose fp32 sums may differ in the last bit.
+    assert np.abs(whole - full).max() <= 1 and (whole != full).mean() < 1e-3
     tiled = demo_pipeline.decode(latents, VaeTiling(12, 12, 0.5)).astype(np.float32)
     assert tiled.shape == full.shape
     # No seam: the jump across tile borders is no larger than anywhere else in the image.
