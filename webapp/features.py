@@ -89,8 +89,3 @@ def check_merged(request: GenerationRequest, info: ModelInfo, names: Mapping[str
         )
     if not 1 <= request.fps <= 120:
         raise invalid(names.get("fps", "fps"), f"must be within [1, 120], got {request.fps}")
-
-
-def expected_frames(info: ModelInfo, requested: int) -> int:
-    """The frame count a video will have; the job reports the real count once it is done."""
-    return info.frames_for(requested)

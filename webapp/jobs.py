@@ -354,7 +354,7 @@ class JobTable:
                     job.step, job.total = int(step), int(total)
 
         if len(jobs) == 1:
-            outcomes = [_call(jobs[0].run, progress, jobs[0].cancel_flag.is_set)]
+            outcomes = [outcome_of(jobs[0].run, progress, jobs[0].cancel_flag.is_set)]
         else:
             outcomes = self._run_batch(jobs, progress)
         settled = [self._settle(job, outcome) for job, outcome in zip(jobs, outcomes, strict=True)]
@@ -369,7 +369,7 @@ class JobTable:
         """One `run_batch` call for all `jobs`: one result or exception per job."""
         items = [job.batch.item for job in jobs]
         checks = [job.cancel_flag.is_set for job in jobs]
-        outcomes = _call(jobs[0].batch.run_batch, items, progress, checks)
+        outcomes = outcome_of(jobs[0].batch.run_batch, items, progress, checks)
         if isinstance(outcomes, Exception):  # the whole call failed: so did every job
             return [outcomes] * len(jobs)
         if len(outcomes) != len(jobs):
@@ -457,8 +457,9 @@ class JobTable:
         )
 
 
-def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    """`fn(*args)`, or the exception it raised (a run's outcome either way)."""
+def outcome_of(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)`, or the exception it raised: a run's outcome either way, so one job's
+    failure can be reported as its own without failing the jobs it ran with."""
     try:
         return fn(*args)
     except Exception as exc:

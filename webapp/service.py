@@ -29,7 +29,7 @@ from jaxvideo.request import GenerationRequest, build_request
 from jaxvideo.results import GenerationResult, ModelInfo
 from webapp import a1111
 from webapp.errors import ApiError, invalid
-from webapp.features import check_merged, expected_frames, gate
+from webapp.features import check_merged, gate
 from webapp.hires_fields import resolve_hires
 from webapp.jobs import (
     CANCELLED,
@@ -40,6 +40,7 @@ from webapp.jobs import (
     JobTable,
     JobView,
     ProgressFn,
+    outcome_of,
 )
 from webapp.lora_fields import check_high_noise
 from webapp.references import confined, output_file
@@ -262,7 +263,7 @@ class Service:
         requests = [request for request, _ in items]
         results = self.engine.generate_batch(requests, progress, cancelled)
         return [
-            result if isinstance(result, Exception) else _attempt(encode, result)
+            result if isinstance(result, Exception) else outcome_of(encode, result)
             for (_, encode), result in zip(items, results, strict=True)
         ]
 
@@ -292,7 +293,7 @@ class Service:
             copy_to = output_file(output.output_path, job_id, self.config.server)
         meta = VideoJob(
             surface, info.name, request.prompt, request.width, request.height,
-            expected_frames(info, request.num_frames), request.fps, request.seed,
+            info.frames_for(request.num_frames), request.fps, request.seed,
             request.return_state,
         )  # fmt: skip
 
@@ -360,14 +361,6 @@ def finished(view: JobView) -> JobView:
     if error.get("code") == "invalid_request":
         raise ApiError(400, error.get("message", "invalid request"), code="invalid_request")
     raise ApiError(500, "generation failed", detail=error.get("message"), code="generation_failed")
-
-
-def _attempt(fn: Callable[[Any], Any], arg: Any) -> Any:
-    """`fn(arg)`, or the exception it raised: one job's failure must not fail its batch."""
-    try:
-        return fn(arg)
-    except Exception as exc:
-        return exc
 
 
 def new_video_id() -> str:
