@@ -110,7 +110,7 @@ class Engine:
                 time.monotonic() - started,
             )
 
-        for entry in getattr(config, "warmup", ()):
+        for entry in config.warmup:
             self.warm_up(entry)
 
     def warm_up(self, entry: Mapping[str, Any]) -> None:
