@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save_file
 
-from tests.serving import Server, serve
+from tests.support.serving import Server, serve
 
 LORA_NAME = "tiny_style"  # <lora_dir>/tiny_style.safetensors
 OUTSIDE_LORA = "outside.safetensors"  # next to lora_dir, never loadable

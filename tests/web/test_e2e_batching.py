@@ -57,7 +57,7 @@ def test_queued_compatible_jobs_run_as_one_batch_with_their_own_results(server):
     for body, job in zip(BODIES, batched, strict=True):
         alone = finish(server, submit(server, body))  # nothing queued with it: runs alone
         for ours, reference in zip(images(job), images(alone), strict=True):
-            # Within one uint8 level: see tests/test_engine_batching.py (fp32 kernels round
+            # Within one uint8 level: see tests/engine/test_engine_batching.py (fp32 kernels round
             # differently by batch size on CPU).
             diff = np.abs(ours.astype(np.int16) - reference.astype(np.int16))
             assert diff.max() <= 1 and np.count_nonzero(diff) < 0.001 * diff.size

@@ -19,9 +19,9 @@ from safetensors.torch import load_file, save_file
 
 from jaxvideo.pipelines.sd import StableDiffusionPipeline
 from jaxvideo.request import build_request
-from tests import tiny_sd
+from tests.support import tiny_sd
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONVERT = [sys.executable, str(REPO / "tools" / "convert_weights.py"), "--quiet"]
 
 

@@ -1,7 +1,7 @@
 """Single-file (LDM / A1111 layout) checkpoints convert like their diffusers folders.
 
 Tiny random SD1, SD2 (OpenCLIP text tower) and SDXL (two text encoders) diffusers pipelines are
-saved as folders and, through an independent diffusers->LDM mapping (`tests/ldm_layout.py`), as
+saved as folders and, through an independent diffusers->LDM mapping (`tests/support/ldm_layout.py`), as
 original-layout single files. Converting either must give identical Flax weights, and diffusers'
 own single-file loader must read the file to those same weights.
 """
@@ -33,9 +33,9 @@ from jaxvideo.convert.single_file import (
 from jaxvideo.models.registry import class_name_of, spec_for
 from jaxvideo.tokenizers import write_tiny_clip_tokenizer
 from jaxvideo.weights import read_config
-from tests.ldm_layout import pipeline_to_ldm
+from tests.support.ldm_layout import pipeline_to_ldm
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NETWORKS = {
     "sd1": ("text_encoder", "unet", "vae"),
     "sd2": ("text_encoder", "unet", "vae"),

@@ -8,7 +8,7 @@ from safetensors.numpy import save_file
 from jaxvideo.lora import LoraError, LoraSpec
 from jaxvideo.pipelines.sd import StableDiffusionPipeline as JaxPipeline
 from jaxvideo.request import build_request
-from tests import tiny_sd
+from tests.support import tiny_sd
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from jaxvideo.sampling import (
     step_noise,
 )
 from jaxvideo.sampling.brownian import BrownianTreeNoise
-from tests.sampler_references import REFERENCES
+from tests.support.sampler_references import REFERENCES
 
 SD = TrainingSchedule()  # SD 1.x: scaled_linear 0.00085..0.012 over 1000 steps
 # One latent shape throughout (big enough for variance checks): on CPU the compiles are the cost.

@@ -1,5 +1,5 @@
 """The published sampler algorithms, transcribed plainly in numpy (float64) from k-diffusion,
-ComfyUI and stable-diffusion.cpp, as references for tests/test_samplers.py.
+ComfyUI and stable-diffusion.cpp, as references for tests/sampling/test_samplers.py.
 
 Each takes a model with `denoise(x, sigma, uncond=False)`, the sigmas (floats), the noise drawn
 at each step, and eta; it returns the final x.

@@ -1,7 +1,7 @@
 """Real-sized single files are recognised with the families' own rules, without overrides.
 
 Full-size SD1.5 / SD2.1 / SDXL-base networks are built on torch's meta device (shapes, no
-memory), laid out as single files by `tests/ldm_layout.py`, and planned (not converted): the
+memory), laid out as single files by `tests/support/ldm_layout.py`, and planned (not converted): the
 inferred configs must be the published diffusers ones and the renamed keys exactly the keys of
 the diffusers modules.
 """
@@ -18,7 +18,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 import jaxvideo.convert.single_file as single_file
 from jaxvideo.convert.ldm_layouts import default_prediction_type
 from jaxvideo.tokenizers import write_tiny_clip_tokenizer
-from tests.ldm_layout import pipeline_to_ldm
+from tests.support.ldm_layout import pipeline_to_ldm
 
 CA, DOWN, UP = "CrossAttnDownBlock2D", "DownBlock2D", "UpBlock2D"
 SD_UNET = dict(

@@ -99,7 +99,7 @@ def test_sdxl_batches_keep_each_request_s_pooled_embeds_and_empty_negative(tmp_p
     from diffusers import StableDiffusionXLPipeline
 
     from jaxvideo.pipelines.sd import StableDiffusionPipeline
-    from tests import tiny_sd
+    from tests.support import tiny_sd
 
     pipe = StableDiffusionXLPipeline(**tiny_sd.components(tmp_path, "sdxl"), add_watermarker=False)
     ours = StableDiffusionPipeline(tiny_sd.save_and_convert(pipe, tmp_path))

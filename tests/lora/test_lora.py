@@ -39,7 +39,7 @@ from jaxvideo.lora import (  # noqa: E402
 )
 from jaxvideo.lora.targets import ldm_name, ldm_prefixes  # noqa: E402
 from jaxvideo.weights import load_component  # noqa: E402
-from tests import tiny_sd  # noqa: E402
+from tests.support import tiny_sd  # noqa: E402
 
 TOL = 1e-4
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "conv1", "ff.net.2"]

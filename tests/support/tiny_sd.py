@@ -21,7 +21,7 @@ from transformers import (
 
 from jaxvideo.tokenizers import write_tiny_clip_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def perturb(module: torch.nn.Module, scale: float = 0.05) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 300  # builds the demo model and imports JAX on a cold machine
 
 

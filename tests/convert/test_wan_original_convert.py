@@ -50,7 +50,7 @@ from jaxvideo.convert.wan_vae_original import wan_vae_original_config, wan_vae_o
 from jaxvideo.tokenizers import write_tiny_t5_tokenizer
 from jaxvideo.weights import WEIGHTS_FILE, load_component
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ATOL = 1e-4
 TEXT_DIM = 32  # the T5 width the transformer's text embedding reads
 IMAGE_DIM = 24  # the CLIP vision width of the I2V branch

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from jaxvideo.tokenizers import write_tiny_t5_tokenizer
-from tests.tiny_sd import perturb, save_and_convert
+from tests.support.tiny_sd import perturb, save_and_convert
 
 __all__ = ["components", "save_and_convert", "scheduler"]
 

@@ -16,7 +16,7 @@ from diffusers import (
 
 from jaxvideo.pipelines.sd import StableDiffusionPipeline as JaxPipeline
 from jaxvideo.request import build_request
-from tests import tiny_sd
+from tests.support import tiny_sd
 
 SIZE = 64
 

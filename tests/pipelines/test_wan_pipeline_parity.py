@@ -20,7 +20,7 @@ from PIL import Image
 
 from jaxvideo.pipelines.wan import WanPipeline, frame_count
 from jaxvideo.request import build_request
-from tests import tiny_wan
+from tests.support import tiny_wan
 
 SIZE = 32
 FRAMES = 9
