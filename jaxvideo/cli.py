@@ -1,7 +1,7 @@
-"""`jaxvideo generate`: text-to-image (img2img, inpainting) and text/image-to-video from the
-command line.
+"""The `jaxvideo` command: `generate` images and videos, `convert` PyTorch weights.
 
-Runs the same engine the server runs, without HTTP:
+`jaxvideo generate`: text-to-image (img2img, inpainting) and text/image-to-video from the
+command line. Runs the same engine the server runs, without HTTP:
 
     jaxvideo generate "a lighthouse at dusk" --model /models/sd15-jax --size 512x512 \
         --steps 25 --sampler euler_a --seed 42 -o lighthouse.png
@@ -9,6 +9,8 @@ Runs the same engine the server runs, without HTTP:
 
 `--model` takes a converted model folder or `demo:sd1-tiny`; `--config` takes a serve YAML
 (its first model, or the one named by `--model-name`, and its `default_request`).
+
+`jaxvideo convert SRC DST`: a PyTorch model into a jaxvideo model folder (jaxvideo.convert.cli).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from jaxvideo.config import ConfigError, config_from_dict, load_config
+from jaxvideo.convert import cli as convert_cli
 from jaxvideo.errors import InvalidRequest
+from jaxvideo.families import FAMILY_NAMES, SD1
 from jaxvideo.media import encode_image, encode_video
 from jaxvideo.request import build_request
 
@@ -50,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--config", help="serve YAML; uses its first model and default_request")
     gen.add_argument("--model-name", help="with --config: which configured model to use")
     gen.add_argument(
-        "--family", default="sd1", help="with --model: sd1 | sd2 | sdxl | wan21 | wan22"
+        "--family", choices=FAMILY_NAMES, default=SD1.name, help="with --model: its model family"
     )
     gen.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     gen.add_argument("-n", "--negative-prompt")
@@ -77,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("output.png"),
         help="output file; batches add -1, -2, ... before the suffix",
     )
+    convert = commands.add_parser("convert", help=convert_cli.SUMMARY)
+    convert_cli.add_arguments(convert)
     return parser
 
 
@@ -185,6 +191,8 @@ def _write_videos(output: Path, result, request) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "convert":
+        return convert_cli.run(args)
     try:
         return generate(args)
     except (ConfigError, InvalidRequest, FileNotFoundError, ValueError) as e:

@@ -1,10 +1,15 @@
-"""`jaxvideo generate` writes real images from the demo model, without the server."""
+"""`jaxvideo generate` writes real images from the demo model, without the server;
+`jaxvideo convert` is the installed weight converter."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+# The console script `pip install` put next to this interpreter (setup.cfg's entry point).
+JAXVIDEO = Path(sys.executable).parent / "jaxvideo"
 
 
 def run_cli(tmp_path, *args):
@@ -84,3 +89,22 @@ def test_generate_writes_a_video_and_fills_the_configured_compilation_cache(tmp_
     frames = list(reader)
     assert meta["size"] == (64, 64) and meta["fps"] == 8 and len(frames) == 5
     assert any(xla.iterdir())  # compiled programs were persisted for the next start
+
+
+def run_installed(*args):
+    return subprocess.run([str(JAXVIDEO), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_installed_command_lists_convert_and_its_options():
+    assert "convert" in run_installed("--help").stdout
+    result = run_installed("convert", "--help")
+    assert result.returncode == 0, result.stderr
+    for word in ("SRC", "DST", "--dtype", "--tokenizer", "--tokenizer-2", "--base"):
+        assert word in result.stdout, word
+
+
+def test_installed_convert_reports_a_missing_source_without_a_traceback(tmp_path):
+    result = run_installed("convert", str(tmp_path / "missing"), str(tmp_path / "out"))
+    assert result.returncode != 0
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -10,20 +10,14 @@ from typing import Any
 
 from jaxvideo.convert.core import ConversionError, convert_tensors
 from jaxvideo.convert.readers import open_component
+from jaxvideo.families import FAMILIES, SD1, SD2, SDXL, SDXL_REFINER, WAN21, WAN22
 from jaxvideo.models.registry import class_name_of, spec_for
 from jaxvideo.weights import CONFIG_FILE, abstract_model, param_shapes, save_component
 
 # Components copied verbatim: tokenizers and scheduler configs need no conversion.
 COPIED = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor", "image_processor")
-CONVERTED = (
-    "text_encoder",
-    "text_encoder_2",
-    "image_encoder",
-    "unet",
-    "transformer",
-    "transformer_2",
-    "vae",
-)
+# Networks converted: every component folder a family may have, in first-seen order.
+CONVERTED = tuple(dict.fromkeys(name for spec in FAMILIES.values() for name in spec.components))
 # Pipeline settings (model_index.json) the Wan pipelines read: the Wan 2.2 expert switch and
 # TI2V's per-token timesteps.
 CARRIED_SETTINGS = ("boundary_ratio", "expand_timesteps")
@@ -110,7 +104,7 @@ def detect_family(index: dict[str, Any], dst: Path) -> str:
             raise ConversionError(f"{dst}: unsupported transformer (only Wan is supported)")
         # Wan 2.2: two experts (A14B) or per-token timesteps with the 48-channel VAE (TI2V).
         wan22 = (dst / "transformer_2").is_dir() or index.get("expand_timesteps")
-        return "wan22" if wan22 else "wan21"
+        return WAN22.name if wan22 else WAN21.name
     return detect_sd_family(index, dst)
 
 
@@ -120,9 +114,9 @@ def detect_sd_family(index: dict[str, Any], dst: Path) -> str:
     unet = json.loads((dst / "unet" / CONFIG_FILE).read_text())
     if "XL" in str(index.get("_class_name", "")) or unet.get("addition_embed_type") == "text_time":
         # The refiner conditions on text_encoder_2 alone.
-        return "sdxl" if (dst / "text_encoder" / CONFIG_FILE).is_file() else "sdxl_refiner"
+        return SDXL.name if (dst / "text_encoder" / CONFIG_FILE).is_file() else SDXL_REFINER.name
     text_config_path = dst / "text_encoder" / CONFIG_FILE
     text = json.loads(text_config_path.read_text()) if text_config_path.is_file() else {}
     if text.get("hidden_act") == "gelu" or unet.get("cross_attention_dim") == 1024:
-        return "sd2"
-    return "sd1"
+        return SD2.name
+    return SD1.name

@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import pickle
 from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
+
+from jaxvideo.convert.core import ConversionError
 
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model", "pytorch_model")
 
@@ -104,4 +106,18 @@ def open_component(component_dir: Path) -> TensorSource:
     return TensorSource(find_weight_files(component_dir))
 
 
-Loader = Callable[[str], np.ndarray]
+def open_checkpoint(path: Path) -> TensorSource:
+    """One checkpoint file (single-file model, release file); unreadable ones fail saying why."""
+    try:
+        return TensorSource([path])
+    except pickle.UnpicklingError:
+        # torch's message suggests weights_only=False; that would run the pickle's code.
+        raise ConversionError(
+            f"{path}: the pickle holds objects other than tensors, and .ckpt files are only "
+            "opened with torch.load(weights_only=True). Re-save its weights as .safetensors "
+            "with a tool you trust."
+        ) from None
+    except Exception as e:  # truncated or corrupt file: say so instead of a traceback
+        raise ConversionError(
+            f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e})"
+        ) from None

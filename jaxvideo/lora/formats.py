@@ -6,8 +6,8 @@ where the dots go (`proj_in` vs `proj.in`) is what goes wrong with hand-written 
 
 Wan LoRAs also ship under the original Wan code's module names (`blocks.0.self_attn.q`, ComfyUI
 files under `diffusion_model.`, musubi-tuner's kohya `lora_unet_blocks_0_self_attn_q`); those
-closed names are renamed to diffusers' by the original-checkpoint table (`wan_original`), so
-they reach the same parameters as a diffusers LoRA.
+closed names are renamed to diffusers' by the original-checkpoint table
+(`convert.wan_release.transformer`), so they reach the same parameters as a diffusers LoRA.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from jaxvideo.convert.wan_original import diffusers_module
+from jaxvideo.convert.wan_release.transformer import diffusers_module
 from jaxvideo.lora.spec import LoraError, LoraPair
 
 SAFETENSORS_EXTS = (".safetensors",)

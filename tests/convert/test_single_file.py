@@ -1,9 +1,10 @@
 """Single-file (LDM / A1111 layout) checkpoints convert like their diffusers folders.
 
 Tiny random SD1, SD2 (OpenCLIP text tower) and SDXL (two text encoders) diffusers pipelines are
-saved as folders and, through an independent diffusers->LDM mapping (`tests/support/ldm_layout.py`), as
-original-layout single files. Converting either must give identical Flax weights, and diffusers'
-own single-file loader must read the file to those same weights.
+saved as folders and, through an independent diffusers->LDM mapping
+(`tests/support/ldm_layout.py`), as original-layout single files. Converting either must give
+identical Flax weights, and diffusers' own single-file loader must read the file to those same
+weights.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from jaxvideo.convert.core import ConversionError, convert_tensors
 from jaxvideo.convert.diffusers_folder import convert_diffusers_folder
-from jaxvideo.convert.single_file import (
+from jaxvideo.convert.ldm.checkpoint import (
     SingleFileCheckpoint,
     convert_single_file,
     expected_shapes,

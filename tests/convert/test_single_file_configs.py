@@ -15,8 +15,8 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-import jaxvideo.convert.single_file as single_file
-from jaxvideo.convert.ldm_layouts import default_prediction_type
+from jaxvideo.convert.ldm import checkpoint
+from jaxvideo.convert.ldm.layouts import LAYOUTS
 from jaxvideo.tokenizers import write_tiny_clip_tokenizer
 from tests.support.ldm_layout import pipeline_to_ldm
 
@@ -112,11 +112,11 @@ def test_published_configs_and_diffusers_keys_come_out_of_a_real_sized_file(
     # SD2 files carry the unused 24th OpenCLIP layer; the projection only needs a shape.
     with torch.device("meta"):
         sd = pipeline_to_ldm(pipe, family)
-    monkeypatch.setattr(single_file, "_open", lambda _path: ShapeSource(sd))
+    monkeypatch.setattr(checkpoint, "open_checkpoint", lambda _path: ShapeSource(sd))
     (tmp_path / "real.safetensors").touch()
     write_tiny_clip_tokenizer(tmp_path / "tok")
     tok = tmp_path / "tok"
-    ckpt = single_file.SingleFileCheckpoint(
+    ckpt = checkpoint.SingleFileCheckpoint(
         tmp_path / "real.safetensors", tokenizer=tok, tokenizer_2=tok
     )
     assert ckpt.family == family
@@ -137,6 +137,6 @@ def test_published_configs_and_diffusers_keys_come_out_of_a_real_sized_file(
 
 def test_sd2_inpainting_defaults_to_epsilon():
     # stable-diffusion-2-inpainting is an epsilon model, unlike the 768px SD2 v-models.
-    assert default_prediction_type("sd2", [], in_channels=9) == "epsilon"
-    assert default_prediction_type("sd2", [], in_channels=4) == "v_prediction"
-    assert default_prediction_type("sd1", ["v_pred"], in_channels=4) == "v_prediction"
+    assert LAYOUTS["sd2"].default_prediction_type([], in_channels=9) == "epsilon"
+    assert LAYOUTS["sd2"].default_prediction_type([], in_channels=4) == "v_prediction"
+    assert LAYOUTS["sd1"].default_prediction_type(["v_pred"], in_channels=4) == "v_prediction"

@@ -43,10 +43,10 @@ from transformers import (
 
 from jaxvideo.convert.core import ConversionError
 from jaxvideo.convert.diffusers_folder import convert_component
-from jaxvideo.convert.wan_original import LDM_PREFIX
-from jaxvideo.convert.wan_single import WanOriginalCheckpoint
-from jaxvideo.convert.wan_t5_original import wan_t5_original_config, wan_t5_original_plan
-from jaxvideo.convert.wan_vae_original import wan_vae_original_config, wan_vae_original_plan
+from jaxvideo.convert.wan_release.checkpoint import WanOriginalCheckpoint
+from jaxvideo.convert.wan_release.t5 import wan_t5_original_config, wan_t5_original_plan
+from jaxvideo.convert.wan_release.transformer import LDM_PREFIX
+from jaxvideo.convert.wan_release.vae import wan_vae_original_config, wan_vae_original_plan
 from jaxvideo.tokenizers import write_tiny_t5_tokenizer
 from jaxvideo.weights import WEIGHTS_FILE, load_component
 

@@ -19,7 +19,11 @@ from safetensors.torch import load_file, save_file
 
 from jaxvideo.convert.core import ConversionError
 from jaxvideo.convert.diffusers_folder import convert_component
-from jaxvideo.convert.wan_original import LDM_PREFIX, wan_original_config, wan_original_plan
+from jaxvideo.convert.wan_release.transformer import (
+    LDM_PREFIX,
+    wan_original_config,
+    wan_original_plan,
+)
 from jaxvideo.models.wan import WanTransformer3DModel, WanTransformerConfig
 from jaxvideo.weights import load_component
 
@@ -231,7 +235,7 @@ def test_call_refuses_inputs_that_do_not_fit() -> None:
         model(jnp.zeros((1, 65, 8, 8, 36)), t, ctx, jnp.zeros((1, 5, 20)))
 
 
-# --- original Wan release checkpoints (jaxvideo.convert.wan_original) ---------------------------
+# --- original Wan release checkpoints (jaxvideo.convert.wan_release.transformer) ----------------
 
 
 def _original_tensors(prefix: str = "") -> dict[str, torch.Tensor]:

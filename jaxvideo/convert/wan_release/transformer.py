@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from jaxvideo.convert.core import ConversionError
-from jaxvideo.convert.ldm_keys import KeyRule, Plan, build_plan
+from jaxvideo.convert.ldm.keys import KeyRule, Plan, build_plan
 
 # ComfyUI / LDM-style single files nest the network under this prefix.
 LDM_PREFIX = "model.diffusion_model."

@@ -2,8 +2,8 @@
 
 Single files (`.safetensors`, or `.ckpt` pickles opened only with torch's `weights_only=True`)
 hold every network under its original prefix. The family is told from the text encoders'
-prefixes and the prediction type defaulted as `ldm_layouts` documents; configs are inferred from
-tensor shapes (`ldm_configs`); keys are renamed to diffusers names (`ldm_keys`); then each
+prefixes and the prediction type defaulted as `ldm.layouts` documents; configs are inferred from
+tensor shapes (`ldm.configs`); keys are renamed to diffusers names (`ldm.keys`); then each
 network goes through the same component key maps and shape checks as a diffusers folder, and
 the same jaxvideo folder format is written, with the caller's tokenizer folders and the
 family's standard scheduler config.
@@ -12,28 +12,24 @@ family's standard scheduler config.
 from __future__ import annotations
 
 import json
-import pickle
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jaxvideo.convert import ldm_configs as cfg
-from jaxvideo.convert import ldm_keys as lk
 from jaxvideo.convert.core import ConversionError, convert_tensors
-from jaxvideo.convert.ldm_layouts import (
-    LAYOUTS,
+from jaxvideo.convert.ldm import configs as cfg
+from jaxvideo.convert.ldm import keys as lk
+from jaxvideo.convert.ldm.layouts import (
     PREDICTION_TYPES,
     UNET_PREFIX,
     VAE_PREFIX,
     TextTower,
-    default_prediction_type,
-    detect_family,
-    image_size,
+    detect_layout,
     scheduler_config,
 )
-from jaxvideo.convert.readers import TensorSource
+from jaxvideo.convert.readers import open_checkpoint
 from jaxvideo.convert.tokenizer_dirs import copy_tokenizer, read_tokenizer
 from jaxvideo.models.registry import class_name_of, spec_for
 from jaxvideo.weights import abstract_model, param_shapes, save_component
@@ -75,10 +71,10 @@ class SingleFileCheckpoint:
                 f"{self.path}: not a single-file checkpoint "
                 f"(expected {', '.join(SINGLE_FILE_SUFFIXES)})"
             )
-        self.source = _open(self.path)
+        self.source = open_checkpoint(self.path)
         keys = self.source.keys()
-        self.family = detect_family(keys, self.path.name)
-        self.layout = LAYOUTS[self.family]
+        self.layout = detect_layout(keys, self.path.name)
+        self.family = self.layout.family
         if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
             raise ConversionError(
                 f"unknown prediction type {prediction_type!r}; one of {', '.join(PREDICTION_TYPES)}"
@@ -118,19 +114,19 @@ class SingleFileCheckpoint:
         unet = cfg.infer_unet_config(
             unet_keys,
             self._shape(UNET_PREFIX),
-            self.family,
+            self.layout,
             pooled_dim=pooled.config["projection_dim"] if pooled else None,
         )
         unet.update(overrides.get("unet", {}))
-        cfg.check_unet_heads(unet, self.family)
-        self.prediction_type = prediction_type or default_prediction_type(
-            self.family, keys, unet["in_channels"]
+        cfg.check_unet_heads(unet, self.layout)
+        self.prediction_type = prediction_type or self.layout.default_prediction_type(
+            keys, unet["in_channels"]
         )
         vae = cfg.infer_vae_config(
-            _relative(keys, VAE_PREFIX), self._shape(VAE_PREFIX), self.family
+            _relative(keys, VAE_PREFIX), self._shape(VAE_PREFIX), self.layout
         )
         vae.update(overrides.get("vae", {}))
-        size = image_size(self.family, self.prediction_type)
+        size = self.layout.default_image_size(self.prediction_type)
         vae.setdefault("sample_size", size)
         unet.setdefault("sample_size", size // 2 ** (len(vae["block_out_channels"]) - 1))
 
@@ -242,7 +238,7 @@ class SingleFileCheckpoint:
             components[folder] = "copied"
         (dst / "scheduler").mkdir(exist_ok=True)
         (dst / "scheduler" / "scheduler_config.json").write_text(
-            json.dumps(scheduler_config(self.family, self.prediction_type), indent=2)
+            json.dumps(scheduler_config(self.layout, self.prediction_type), indent=2)
         )
         components["scheduler"] = "copied"
         index = {
@@ -300,22 +296,6 @@ def expected_shapes(config_json: str) -> dict[str, tuple[int, ...]]:
 
 def _relative(keys: Iterable[str], prefix: str) -> list[str]:
     return [k[len(prefix) :] for k in keys if k.startswith(prefix)]
-
-
-def _open(path: Path) -> TensorSource:
-    try:
-        return TensorSource([path])
-    except pickle.UnpicklingError:
-        # torch's message suggests weights_only=False; that would run the pickle's code.
-        raise ConversionError(
-            f"{path}: the pickle holds objects other than tensors, and .ckpt files are only "
-            "opened with torch.load(weights_only=True). Re-save its weights as .safetensors "
-            "with a tool you trust."
-        ) from None
-    except Exception as e:  # truncated or corrupt file: say so instead of a traceback
-        raise ConversionError(
-            f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e})"
-        ) from None
 
 
 def is_single_file(path: str | Path) -> bool:

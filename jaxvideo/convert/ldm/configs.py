@@ -6,8 +6,10 @@ What shapes cannot tell is filled from the family's published configs (the diffu
 configs that diffusers' single-file loader falls back to):
 
 - attention heads: SD1 uses 8 heads everywhere; SD2 and SDXL use 64-wide heads, i.e.
-  `attention_head_dim = [width // 64 per level]`; CLIP / OpenCLIP text towers use 64-wide heads;
-- `norm_num_groups` 32 and the VAE's `scaling_factor` (0.18215, SDXL 0.13025);
+  `attention_head_dim = [width // 64 per level]` (`Layout.unet_heads`); CLIP / OpenCLIP text
+  towers use 64-wide heads;
+- `norm_num_groups` 32 and the VAE's `scaling_factor` (`Layout.vae_scaling`: 0.18215, SDXL
+  0.13025);
 - the OpenAI CLIP towers use `quick_gelu`, the OpenCLIP ones `gelu`.
 
 Callers may override any field (`config_overrides`), which models built with other head counts
@@ -21,13 +23,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from jaxvideo.convert.core import ConversionError
+from jaxvideo.convert.ldm.layouts import Layout
 
 Shape = Callable[[str], tuple[int, ...]]
 
 HEAD_WIDTH = 64  # SD2/SDXL UNets and every CLIP text tower use 64-wide attention heads
-SD1_HEADS = 8
 NORM_GROUPS = 32
-VAE_SCALING = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025}
 
 
 def indices(keys: Iterable[str], pattern: str) -> list[int]:
@@ -46,7 +47,7 @@ def _has_prefix(keys: set[str], prefix: str) -> bool:
 
 
 def infer_unet_config(
-    keys: Iterable[str], shape: Shape, family: str, *, pooled_dim: int | None = None
+    keys: Iterable[str], shape: Shape, layout: Layout, *, pooled_dim: int | None = None
 ) -> dict[str, Any]:
     """UNet2DConditionModel config from `model.diffusion_model.`-relative keys.
 
@@ -100,7 +101,7 @@ def infer_unet_config(
         # SD1 projects in/out of its transformers with 1x1 convs, SD2/SDXL with Linears.
         "use_linear_projection": bool(proj_key) and len(shape(proj_key)) == 2,
         "transformer_layers_per_block": _same_or_list(depths),
-        "attention_head_dim": _unet_heads(family, widths),
+        "attention_head_dim": _unet_heads(layout, widths),
         "norm_num_groups": NORM_GROUPS,
         "norm_eps": 1e-5,
         "act_fn": "silu",
@@ -114,32 +115,32 @@ def infer_unet_config(
     if shape("time_embed.0.weight")[0] != 4 * widths[0]:
         config["time_embedding_dim"] = shape("time_embed.0.weight")[0]
     if "label_emb.0.0.weight" in keyset:
-        config.update(_text_time(family, shape("label_emb.0.0.weight")[1], pooled_dim))
+        config.update(_text_time(layout, shape("label_emb.0.0.weight")[1], pooled_dim))
     return config
 
 
-def _unet_heads(family: str, widths: list[int]) -> int | list[int] | None:
-    if family == "sd1":
-        return SD1_HEADS
+def _unet_heads(layout: Layout, widths: list[int]) -> int | list[int] | None:
+    if layout.unet_heads is not None:
+        return layout.unet_heads
     if any(w % HEAD_WIDTH for w in widths):
         return None  # left to an override; `check_unet_heads` says so if none comes
     return [w // HEAD_WIDTH for w in widths]
 
 
-def check_unet_heads(config: dict[str, Any], family: str) -> None:
+def check_unet_heads(config: dict[str, Any], layout: Layout) -> None:
     """Fails when the family's head rule did not fit and no override gave the head counts."""
     if config.get("attention_head_dim") is None and config.get("num_attention_heads") is None:
         raise ConversionError(
             f"UNet widths {config['block_out_channels']} are not multiples of the "
-            f"{HEAD_WIDTH}-wide heads of {family}: pass the head counts as a config override "
-            "(unet.attention_head_dim)"
+            f"{HEAD_WIDTH}-wide heads of {layout.family}: pass the head counts as a config "
+            "override (unet.attention_head_dim)"
         )
 
 
-def _text_time(family: str, adm_in: int, pooled_dim: int | None) -> dict[str, Any]:
+def _text_time(layout: Layout, adm_in: int, pooled_dim: int | None) -> dict[str, Any]:
     # label_emb input = pooled text embedding + 6 size/crop ids, each sinusoid-embedded to
     # addition_time_embed_dim (256 in SDXL: 1280 + 6 * 256 = 2816).
-    if family != "sdxl" or pooled_dim is None or (adm_in - pooled_dim) % 6:
+    if not layout.text_time or pooled_dim is None or (adm_in - pooled_dim) % 6:
         raise ConversionError(
             f"UNet has a label embedding of input width {adm_in} that is not SDXL's "
             "text_time conditioning (class-conditioned UNets are not supported)"
@@ -151,7 +152,7 @@ def _text_time(family: str, adm_in: int, pooled_dim: int | None) -> dict[str, An
     }
 
 
-def infer_vae_config(keys: Iterable[str], shape: Shape, family: str) -> dict[str, Any]:
+def infer_vae_config(keys: Iterable[str], shape: Shape, layout: Layout) -> dict[str, Any]:
     """AutoencoderKL config from `first_stage_model.`-relative keys."""
     keyset = set(keys)
     levels = indices(keyset, r"encoder\.down\.(\d+)\.")
@@ -169,7 +170,7 @@ def infer_vae_config(keys: Iterable[str], shape: Shape, family: str) -> dict[str
         "latent_channels": shape("decoder.conv_in.weight")[1],
         "norm_num_groups": NORM_GROUPS,
         "act_fn": "silu",
-        "scaling_factor": VAE_SCALING[family],
+        "scaling_factor": layout.vae_scaling,
         "use_quant_conv": "quant_conv.weight" in keyset,
         "use_post_quant_conv": "post_quant_conv.weight" in keyset,
         "mid_block_add_attention": _has_prefix(keyset, "encoder.mid.attn_1."),

@@ -28,7 +28,6 @@ from typing import Any
 
 from safetensors import safe_open
 
-from jaxvideo.convert import ldm_keys as lk
 from jaxvideo.convert.core import ConversionError, convert_tensors
 from jaxvideo.convert.diffusers_folder import (
     COPIED,
@@ -36,21 +35,26 @@ from jaxvideo.convert.diffusers_folder import (
     convert_component,
     detect_family,
 )
-from jaxvideo.convert.readers import TensorSource, find_weight_files, open_component
-from jaxvideo.convert.single_file import _open as open_checkpoint
-from jaxvideo.convert.single_file import expected_shapes
-from jaxvideo.convert.wan_original import (
+from jaxvideo.convert.ldm import keys as lk
+from jaxvideo.convert.ldm.checkpoint import expected_shapes
+from jaxvideo.convert.readers import (
+    TensorSource,
+    find_weight_files,
+    open_checkpoint,
+    open_component,
+)
+from jaxvideo.convert.wan_release.t5 import (
+    is_wan_t5_original,
+    wan_t5_original_config,
+    wan_t5_original_plan,
+)
+from jaxvideo.convert.wan_release.transformer import (
     infer_original_config,
     is_wan_transformer_original,
     wan_original_config,
     wan_original_plan,
 )
-from jaxvideo.convert.wan_t5_original import (
-    is_wan_t5_original,
-    wan_t5_original_config,
-    wan_t5_original_plan,
-)
-from jaxvideo.convert.wan_vae_original import (
+from jaxvideo.convert.wan_release.vae import (
     is_wan_vae_original,
     wan_vae_original_config,
     wan_vae_original_plan,

@@ -25,11 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from jaxvideo.convert.core import ConversionError
+from jaxvideo.families import SD1, SD2, SDXL
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 V_PRED_MARKER = "v_pred"  # ComfyUI saves v-prediction models with this empty tensor
+# Inpainting UNets take the noisy latents, the mask and the masked image's latents: 4 + 1 + 4.
+INPAINTING_IN_CHANNELS = 9
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,35 @@ class TextTower:
 
 @dataclass(frozen=True)
 class Layout:
-    family: str
+    """A family's single-file layout and the published facts its weights cannot tell."""
+
+    family: str  # the family's name (jaxvideo.families)
     pipeline: str  # the diffusers pipeline class the file corresponds to
     towers: tuple[TextTower, ...]
+    scheduler_class: str  # the scheduler its reference diffusers pipeline ships with
+    vae_scaling: float  # the VAE's latent `scaling_factor`
+    image_size: int  # default image size in pixels
+    # The default image size of its v-prediction models, where it differs (SD2's 768px v-model).
+    v_prediction_image_size: int | None = None
+    # The published models predict v (9-channel inpainting UNets excepted): SD2.
+    v_prediction: bool = False
+    # Attention heads of every UNet level; None: 64-wide heads (`width // 64` per level).
+    unet_heads: int | None = None
+    # The UNet's `label_emb` is SDXL's text_time conditioning (pooled text + size/crop ids).
+    text_time: bool = False
+
+    def default_prediction_type(self, keys: Iterable[str], in_channels: int) -> str:
+        """What the UNet predicts unless the caller says (see the module docstring)."""
+        if V_PRED_MARKER in set(keys):
+            return "v_prediction"
+        inpainting = in_channels == INPAINTING_IN_CHANNELS
+        return "v_prediction" if self.v_prediction and not inpainting else "epsilon"
+
+    def default_image_size(self, prediction_type: str) -> int:
+        """The image size (pixels) the family's models of `prediction_type` are trained at."""
+        if prediction_type == "v_prediction" and self.v_prediction_image_size is not None:
+            return self.v_prediction_image_size
+        return self.image_size
 
 
 _SD1_TOWER = TextTower(
@@ -90,11 +119,37 @@ _SDXL_TOWERS = (
     ),
 )
 
+_SDXL_LAYOUT = Layout(
+    family=SDXL.name,
+    pipeline="StableDiffusionXLPipeline",
+    towers=_SDXL_TOWERS,
+    scheduler_class="EulerDiscreteScheduler",
+    vae_scaling=0.13025,
+    image_size=1024,
+    text_time=True,
+)
+_SD2_LAYOUT = Layout(
+    family=SD2.name,
+    pipeline="StableDiffusionPipeline",
+    towers=(_SD2_TOWER,),
+    scheduler_class="DDIMScheduler",
+    vae_scaling=0.18215,
+    image_size=512,
+    v_prediction_image_size=768,
+    v_prediction=True,
+)
+_SD1_LAYOUT = Layout(
+    family=SD1.name,
+    pipeline="StableDiffusionPipeline",
+    towers=(_SD1_TOWER,),
+    scheduler_class="PNDMScheduler",
+    vae_scaling=0.18215,
+    image_size=512,
+    unet_heads=8,
+)
 # Checked in this order: SDXL's two towers first, then SD2, then SD1.
 LAYOUTS: dict[str, Layout] = {
-    "sdxl": Layout("sdxl", "StableDiffusionXLPipeline", _SDXL_TOWERS),
-    "sd2": Layout("sd2", "StableDiffusionPipeline", (_SD2_TOWER,)),
-    "sd1": Layout("sd1", "StableDiffusionPipeline", (_SD1_TOWER,)),
+    layout.family: layout for layout in (_SDXL_LAYOUT, _SD2_LAYOUT, _SD1_LAYOUT)
 }
 
 SUPPORTED_LAYOUTS = (
@@ -143,8 +198,8 @@ def unknown_layout(name: str, keys: list[str]) -> ConversionError:
     )
 
 
-def detect_family(keys: Iterable[str], name: str = "checkpoint") -> str:
-    """sd1 / sd2 / sdxl from which text-encoder prefixes the file holds."""
+def detect_layout(keys: Iterable[str], name: str = "checkpoint") -> Layout:
+    """The layout (SD 1.x, SD 2.x or SDXL base) whose text-encoder prefixes the file holds."""
     keys = list(keys)
 
     def has(prefix: str) -> bool:
@@ -155,27 +210,15 @@ def detect_family(keys: Iterable[str], name: str = "checkpoint") -> str:
             f"{name}: an SDXL refiner (conditioner.embedders.0.model.*): only SDXL base models "
             "are supported"
         )
-    family = next((f for f, lay in LAYOUTS.items() if all(has(t.prefix) for t in lay.towers)), None)
-    if family is None or not has(UNET_PREFIX + "input_blocks."):
+    layout = next((lay for lay in LAYOUTS.values() if all(has(t.prefix) for t in lay.towers)), None)
+    if layout is None or not has(UNET_PREFIX + "input_blocks."):
         raise unknown_layout(name, keys)
     if not has(VAE_PREFIX):
         raise ConversionError(
-            f"{name}: a {family} checkpoint without VAE weights ({VAE_PREFIX}*): "
+            f"{name}: a {layout.family} checkpoint without VAE weights ({VAE_PREFIX}*): "
             "single files without a VAE are not supported"
         )
-    return family
-
-
-def default_prediction_type(family: str, keys: Iterable[str], in_channels: int) -> str:
-    if V_PRED_MARKER in set(keys):
-        return "v_prediction"
-    return "v_prediction" if family == "sd2" and in_channels != 9 else "epsilon"
-
-
-def image_size(family: str, prediction_type: str) -> int:
-    if family == "sdxl":
-        return 1024
-    return 768 if family == "sd2" and prediction_type == "v_prediction" else 512
+    return layout
 
 
 _SCHEDULER_BASE: dict[str, Any] = {
@@ -189,14 +232,12 @@ _SCHEDULER_BASE: dict[str, Any] = {
     "steps_offset": 1,
     "timestep_spacing": "leading",
 }
-# The scheduler each family's reference diffusers pipeline ships with.
-SCHEDULER_CLASS = {"sd1": "PNDMScheduler", "sd2": "DDIMScheduler", "sdxl": "EulerDiscreteScheduler"}
 
 
-def scheduler_config(family: str, prediction_type: str) -> dict[str, Any]:
+def scheduler_config(layout: Layout, prediction_type: str) -> dict[str, Any]:
     """The standard training-schedule config of a family (all SD families share the betas)."""
     return {
-        "_class_name": SCHEDULER_CLASS[family],
+        "_class_name": layout.scheduler_class,
         **_SCHEDULER_BASE,
         "prediction_type": prediction_type,
     }

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from jaxvideo.convert.core import ConversionError
-from jaxvideo.convert.ldm_keys import KeyRule, Plan, build_plan
+from jaxvideo.convert.ldm.keys import KeyRule, Plan, build_plan
 
 _P = r"(?P<p>weight|bias)"
 _CODER = r"(?P<c>encoder|decoder)"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from jaxvideo.convert.core import ConversionError
-from jaxvideo.convert.ldm_keys import KeyRule, Plan, build_plan
+from jaxvideo.convert.ldm.keys import KeyRule, Plan, build_plan
 
 _BLOCK = r"blocks\.(?P<n>\d+)\."
 _LAYER = "encoder.block.{n}.layer."
