@@ -32,7 +32,7 @@ from diffusers import UNet2DConditionModel as TorchUNet
 from flax import nnx
 
 from jaxvideo.convert.diffusers_folder import convert_component
-from jaxvideo.demo import sd1_tiny_configs
+from jaxvideo.demo_sd import sd1_tiny_configs
 from jaxvideo.weights import load_component
 
 # diffusers' UNet2DConditionModel defaults are exactly the SD 1.x UNet.

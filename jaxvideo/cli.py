@@ -145,7 +145,7 @@ def generate(args: argparse.Namespace) -> int:
     engine = Engine(config)
     model = engine.model_info(args.model_name)
     request = build_request(
-        _client_fields(args, model.name), config.default_request, engine.family_defaults(model.name)
+        _client_fields(args, model.name), config.default_request, model.defaults
     )
     bar = tqdm(total=request.steps, unit="step", desc=f"{model.name} seed {request.seed}")
 

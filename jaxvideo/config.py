@@ -18,9 +18,10 @@ from typing import Any
 
 import yaml
 
-from jaxvideo.request import GenerationRequest
+from jaxvideo.errors import InvalidRequest
+from jaxvideo.families import FAMILY_NAMES, FamilySpec, family
+from jaxvideo.request import GenerationRequest, check_ranges
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner", "wan21", "wan22")
 # "auto": bf16 on accelerators (GPU/TPU), fp32 on CPU, decided when the model loads.
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 MESH_AXES = ("data", "fsdp", "tensor", "context")
@@ -45,6 +46,10 @@ class ModelSpec:
     @property
     def is_demo(self) -> bool:
         return self.path.startswith(DEMO_PREFIX)
+
+    @property
+    def family_spec(self) -> FamilySpec:
+        return family(self.family)
 
 
 @dataclass(frozen=True)
@@ -95,10 +100,6 @@ class ServeConfig:
     # Requests (scalar GenerationRequest fields) run once at start, so the shapes clients
     # will send are compiled before the first client waits for them.
     warmup: tuple[Mapping[str, Any], ...] = ()
-
-    @property
-    def default_model(self) -> ModelSpec:
-        return self.models[0]
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> ServeConfig:
@@ -156,7 +157,7 @@ def _models(raw: Any, base_dir: Path | None) -> tuple[ModelSpec, ...]:
         if name in seen:
             raise ConfigError(f"{where}.name: duplicate model name {name!r}")
         seen.add(name)
-        family = _choice(entry["family"], f"{where}.family", FAMILIES)
+        family = _choice(entry["family"], f"{where}.family", FAMILY_NAMES)
         dtype = _choice(entry.get("dtype", "auto"), f"{where}.dtype", DTYPES)
         path = _typed(entry["path"], f"{where}.path", str)
         if not path.startswith(DEMO_PREFIX):
@@ -231,6 +232,10 @@ def _default_request(raw: Any, where_prefix: str = "default_request") -> Mapping
         if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
             raise ConfigError(f"{where}: expected {' | '.join(names)}, got {_show(value)}")
         out[key] = float(value) if "float" in names and isinstance(value, int) else value
+    try:
+        check_ranges(out)
+    except InvalidRequest as exc:
+        raise ConfigError(f"{where_prefix}.{exc.field}: {exc}") from exc
     return types.MappingProxyType(out)
 
 

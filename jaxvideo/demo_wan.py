@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from jaxvideo.demo import save_random_component
+from jaxvideo.families import WAN21, WAN22, FamilySpec
 from jaxvideo.tokenizers import write_tiny_t5_tokenizer
 
 # Wan 2.1's published latent statistics (the VAE config of every Wan 2.1/2.2 A14B model).
@@ -92,9 +94,7 @@ def wan_tiny_configs(vocab_size: int, in_channels: int = 16) -> dict[str, dict[s
     }
 
 
-def _build(out_dir: str | Path, family: str, seed: int, two_experts: bool) -> Path:
-    from jaxvideo.demo import save_random_component
-
+def _build(out_dir: str | Path, family: FamilySpec, seed: int, two_experts: bool) -> Path:
     out = Path(out_dir)
     vocab_size = write_tiny_t5_tokenizer(out / "tokenizer")
     # Wan 2.2's image-to-video experts take latents + 4 mask + 16 image-latent channels.
@@ -108,7 +108,7 @@ def _build(out_dir: str | Path, family: str, seed: int, two_experts: bool) -> Pa
     index: dict[str, Any] = {
         "format": "jaxvideo",
         "format_version": 1,
-        "family": family,
+        "family": family.name,
         "dtype": "fp32",
         "source_class": "demo (random weights)",
         "components": {
@@ -126,9 +126,9 @@ def _build(out_dir: str | Path, family: str, seed: int, two_experts: bool) -> Pa
 
 def build_wan_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     """A tiny Wan 2.1 text-to-video model."""
-    return _build(out_dir, "wan21", seed, two_experts=False)
+    return _build(out_dir, WAN21, seed, two_experts=False)
 
 
 def build_wan22_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     """A tiny Wan 2.2 two-expert image-to-video model (first and last frame conditioning)."""
-    return _build(out_dir, "wan22", seed, two_experts=True)
+    return _build(out_dir, WAN22, seed, two_experts=True)

@@ -1,7 +1,9 @@
 """The engine: loads every configured model and runs one GenerationRequest at a time.
 
 The web layer talks only to this class (and gets numpy uint8 frames back); everything JAX lives
-behind it.
+behind it. A request is `prepare`d once (the model's `validate`, before it is queued) and the
+`PreparedRequest` is what `generate` runs; pipelines are reached only through the contract of
+`jaxvideo.pipelines.base`.
 """
 
 from __future__ import annotations
@@ -11,17 +13,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from jaxvideo.config import DEMO_PREFIX
+from jaxvideo.config import DEMO_PREFIX, ServeConfig
 from jaxvideo.continuation import last_frame_of, wan_state
 from jaxvideo.demo import resolve_demo
 from jaxvideo.errors import Cancelled, InvalidRequest
-from jaxvideo.pipelines import VIDEO_FAMILIES, pipeline_class
-from jaxvideo.pipelines.hires import generate_with_hires
-from jaxvideo.pipelines.refine import generate_with_refiner
+from jaxvideo.pipelines.base import Pipeline, Plan
 from jaxvideo.request import GenerationRequest, build_request
 from jaxvideo.results import GenerationResult, ModelInfo
 from jaxvideo.sharding import activate, build_mesh
@@ -38,7 +37,7 @@ def resolve_model_path(path: str) -> Path:
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(
             f"{folder} is not a converted jaxvideo model (no model_index.json); "
-            "convert it with tools/convert_weights.py"
+            "convert it with `jaxvideo convert`"
         )
     return folder
 
@@ -55,14 +54,22 @@ def enable_compilation_cache(folder: str) -> None:
     log.info("XLA compilation cache: %s", folder)
 
 
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request the engine has checked: its model's `validate` passed and resolved `plan`."""
+
+    request: GenerationRequest
+    plan: Plan
+
+
 class Engine:
     """Owns the loaded pipelines; `generate` is serialised because the devices are shared."""
 
-    def __init__(self, config: Any):
+    def __init__(self, config: ServeConfig):
         self.config = config
         if config.server.compilation_cache_dir:
             enable_compilation_cache(config.server.compilation_cache_dir)
-        self._pipelines: dict[str, Any] = {}
+        self._pipelines: dict[str, Pipeline] = {}
         self._infos: dict[str, ModelInfo] = {}
         self._lock = threading.Lock()
         self.mesh = build_mesh(config.mesh)
@@ -78,29 +85,24 @@ class Engine:
                     f"model {spec.name!r}: config says family {spec.family!r} "
                     f"but {folder} holds {family!r}"
                 )
-            try:
-                pipeline_cls = pipeline_class(spec.family)
-            except KeyError:
-                raise ValueError(
-                    f"model {spec.name!r}: family {spec.family!r} not supported"
-                ) from None
             dtype = serving_dtype(spec.dtype)
             with activate(self.mesh):  # parameters are placed shard by shard
-                pipeline = pipeline_cls(folder, dtype=dtype)
+                pipeline = spec.family_spec.load_pipeline()(folder, dtype=dtype)
             self._pipelines[spec.name] = pipeline
             self._infos[spec.name] = ModelInfo(
                 name=spec.name,
                 family=spec.family,
                 path=str(folder),
-                modes=tuple(getattr(pipeline, "modes", ("img_gen",))),
+                modes=tuple(pipeline.modes),
                 created=int((folder / "model_index.json").stat().st_mtime),
                 dtype=dtype,
-                samplers=tuple(getattr(pipeline, "samplers", ())),
-                schedulers=tuple(getattr(pipeline, "schedulers", ())),
-                features=dict(getattr(pipeline, "features", {})),
-                size_multiple=int(getattr(pipeline, "size_multiple", 8)),
-                frame_multiple=int(getattr(pipeline, "frame_multiple", 1)),
-                needs_init_image=bool(getattr(pipeline, "is_i2v", False)),
+                samplers=tuple(pipeline.samplers),
+                schedulers=tuple(pipeline.schedulers),
+                features=dict(pipeline.features),
+                size_multiple=pipeline.size_multiple,
+                frame_multiple=pipeline.frame_multiple,
+                needs_init_image=pipeline.needs_init_image,
+                defaults=pipeline.defaults,
             )
             log.info(
                 "loaded %s (%s) from %s in %.1fs",
@@ -113,14 +115,13 @@ class Engine:
         for entry in config.warmup:
             self.warm_up(entry)
 
-    def warm_up(self, entry: Mapping[str, Any]) -> None:
+    def warm_up(self, entry: Mapping[str, object]) -> None:
         """Runs one configured request so its shapes compile now (and land in the compilation
         cache) rather than while the first client waits; the images are thrown away."""
         started = time.monotonic()
-        name = self.model_info(entry.get("model")).name
-        request = build_request(entry, self.config.default_request, self.family_defaults(name))
-        request = replace(request, model=name)
-        self.generate(request)
+        info = self.model_info(entry.get("model"))
+        request = build_request(entry, self.config.default_request, info.defaults)
+        self.generate(replace(request, model=info.name))
         log.info("warmed up %s in %.1fs", dict(entry), time.monotonic() - started)
 
     @property
@@ -134,98 +135,112 @@ class Engine:
             return self._infos[name]
         except KeyError:
             raise InvalidRequest(
-                f"unknown model {name!r}; served: {', '.join(self._infos)}"
+                f"unknown model {name!r}; served: {', '.join(self._infos)}", "model"
             ) from None
 
-    def family_defaults(self, name: str | None = None) -> dict[str, Any]:
-        return self._pipelines[self.model_info(name).name].defaults
+    def prepare(self, request: GenerationRequest) -> PreparedRequest:
+        """Checks `request` against its model (InvalidRequest naming the field): the mode, a
+        refiner's family, a continuation state, and the pipeline's own `validate`, which runs
+        here once for the request's whole life."""
+        info = self.model_info(request.model)
+        if request.mode not in info.modes:
+            raise InvalidRequest(f"model {info.name!r} does not support {request.mode}", "mode")
+        if request.refiner is not None:
+            try:
+                refiner = self.model_info(request.refiner)
+            except InvalidRequest as exc:
+                raise InvalidRequest(str(exc), "refiner") from exc
+            if refiner.family_spec.refines != info.family:
+                raise InvalidRequest(
+                    f"{refiner.name!r} ({refiner.family}) cannot refine {info.name!r} "
+                    f"({info.family})",
+                    "refiner",
+                )
+        request = replace(request, model=info.name)
+        if request.continuation is not None:
+            _continued(request)  # the state must continue this model's video
+        plan = self._pipelines[info.name].validate(request)
+        return PreparedRequest(request, plan)
 
     def generate(
         self,
-        request: GenerationRequest,
+        request: GenerationRequest | PreparedRequest,
         progress: Callable[[int, int], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> GenerationResult:
-        info = self.model_info(request.model)
-        pipeline = self._pipelines[info.name]
-        if request.mode not in info.modes:
-            raise InvalidRequest(f"model {info.name!r} does not support {request.mode}")
-        if info.family in VIDEO_FAMILIES:
-            return self._generate_video(info, pipeline, request, progress, cancelled)
-        refiner = None
-        if request.refiner:
-            refiner = self._pipelines[self.model_info(request.refiner).name]
+        """Runs one request (prepared here unless it already is)."""
+        prepared = self._prepared(request)
+        req, segment = _continued(prepared.request)
+        pipeline = self._pipelines[req.model]
+        refiner = self._pipelines[req.refiner] if req.refiner is not None else None
         with self._lock, activate(self.mesh):
-            if refiner is not None:
-                if request.hires is not None:
-                    raise InvalidRequest("hires fix and a refiner cannot be combined yet")
-                return generate_with_refiner(pipeline, refiner, request, progress, cancelled)
-            if request.hires is not None:
-                return generate_with_hires(pipeline, request, progress, cancelled)
-            return pipeline.generate(request, progress=progress, cancelled=cancelled)
+            result = pipeline.generate(req, prepared.plan, progress, cancelled, refiner=refiner)
+        if pipeline.family.video:
+            if req.return_state and result.videos:
+                state = wan_state(segment, req.model, result.videos[0][-1], req.fps)
+                result.state = state.to_json()
+            result.info["segment_index"] = segment
+        return result
 
-    def batch_key(self, request: GenerationRequest) -> Hashable | None:
+    def batch_key(self, request: GenerationRequest | PreparedRequest) -> Hashable | None:
         """Requests with equal keys may run as one `generate_batch` call: they differ only in
-        prompt, negative prompt, seed and batch_count. None: `request` runs alone (videos,
-        refiner, hires fix, init or mask images, VAE tiling, unknown models, ...)."""
-        info = self._infos.get(request.model or self.model_info().name)
-        if (
-            info is None
-            or info.family in VIDEO_FAMILIES
-            or request.mode not in info.modes
-            or request.refiner
-            or request.hires is not None
-            or request.continuation is not None
-        ):
+        prompt, negative prompt, seed and batch_count. None: the request runs alone (models
+        that do not batch, refiner, hires fix, init or mask images, VAE tiling, requests
+        that fail to prepare, ...)."""
+        try:
+            prepared = self._prepared(request)
+        except InvalidRequest:
             return None
-        key = self._pipelines[info.name].batch_key(request)
-        return None if key is None else (info.name, key)
+        req = prepared.request
+        if req.refiner or req.hires is not None or req.continuation is not None:
+            return None
+        key = self._pipelines[req.model].batch_key(req)
+        return None if key is None else (req.model, prepared.plan, key)
 
     def generate_batch(
         self,
-        requests: Sequence[GenerationRequest],
+        requests: Sequence[GenerationRequest | PreparedRequest],
         progress: Callable[[int, int], None] | None = None,
         cancelled: Sequence[Callable[[], bool]] | None = None,
     ) -> list[GenerationResult | Exception]:
         """Requests with one equal `batch_key` as one sampler run; per request, in order, the
         result `generate` would give it alone, or `Cancelled` when its own `cancelled` check
         is true at the end. The run stops early only when every request is cancelled."""
-        keys = {self.batch_key(request) for request in requests}
+        prepared = [self._prepared(request) for request in requests]
+        keys = {self.batch_key(item) for item in prepared}
         if len(keys) != 1 or None in keys:
             raise InvalidRequest("these requests cannot run as one batch")
-        checks = list(cancelled) if cancelled is not None else [lambda: False] * len(requests)
-        pipeline = self._pipelines[next(iter(keys))[0]]
+        checks = list(cancelled) if cancelled is not None else [lambda: False] * len(prepared)
+        first = prepared[0]
+        pipeline = self._pipelines[first.request.model]
         with self._lock, activate(self.mesh):
             results = pipeline.generate_batch(
-                requests, progress, lambda: all(check() for check in checks)
+                [item.request for item in prepared],
+                first.plan,
+                progress,
+                lambda: all(check() for check in checks),
             )
         return [Cancelled() if check() else r for r, check in zip(results, checks, strict=True)]
 
-    def _generate_video(
-        self,
-        info: ModelInfo,
-        pipeline: Any,
-        request: GenerationRequest,
-        progress: Callable[[int, int], None] | None,
-        cancelled: Callable[[], bool] | None,
-    ) -> GenerationResult:
-        """Wan: a continuation state becomes the first frame; `return_state` hands one back."""
-        segment = 0
-        if request.continuation is not None:
-            state = request.continuation
-            if state.payload["model"] != info.name:
-                raise InvalidRequest(
-                    f"state was produced by model {state.payload['model']!r}, "
-                    f"not {info.name!r}; continue with the same model"
-                )
-            if request.init_image is not None:
-                raise InvalidRequest("a continuation state and an init_image cannot be combined")
-            segment = state.payload["segment_index"] + 1
-            request = replace(request, init_image=last_frame_of(state), continuation=None)
-        with self._lock, activate(self.mesh):
-            result = pipeline.generate(request, progress=progress, cancelled=cancelled)
-        if request.return_state and result.videos:
-            last = result.videos[0][-1]
-            result.state = wan_state(segment, info.name, last, request.fps).to_json()
-        result.info["segment_index"] = segment
-        return result
+    def _prepared(self, request: GenerationRequest | PreparedRequest) -> PreparedRequest:
+        return request if isinstance(request, PreparedRequest) else self.prepare(request)
+
+
+def _continued(request: GenerationRequest) -> tuple[GenerationRequest, int]:
+    """The request with its continuation state turned into the first frame, and the segment
+    it makes (0: a fresh video, no state)."""
+    state = request.continuation
+    if state is None:
+        return request, 0
+    if state.payload["model"] != request.model:
+        raise InvalidRequest(
+            f"state was produced by model {state.payload['model']!r}, "
+            f"not {request.model!r}; continue with the same model",
+            "continuation",
+        )
+    if request.init_image is not None:
+        raise InvalidRequest(
+            "a continuation state and an init_image cannot be combined", "continuation"
+        )
+    segment = state.payload["segment_index"] + 1
+    return replace(request, init_image=last_frame_of(state), continuation=None), segment

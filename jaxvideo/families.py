@@ -30,7 +30,7 @@ class FamilySpec:
     """
 
     name: str
-    description: str
+    title: str  # what people call it: "Stable Diffusion XL", "Wan 2.2"
     pipeline: str  # "module:Class" implementing jaxvideo.pipelines.base.Pipeline
     components: Mapping[str, tuple[str, ...]]
     defaults: Mapping[str, Any]
@@ -99,7 +99,7 @@ _WAN_DEFAULTS: dict[str, Any] = {
 
 SD1 = FamilySpec(
     name="sd1",
-    description="Stable Diffusion 1.x",
+    title="Stable Diffusion 1.x",
     pipeline=_SD,
     components={"text_encoder": _CLIP, "unet": _UNET, "vae": _VAE},
     defaults={**_SD_DEFAULTS, "width": 512, "height": 512},
@@ -108,7 +108,7 @@ SD1 = FamilySpec(
 )
 SD2 = FamilySpec(
     name="sd2",
-    description="Stable Diffusion 2.x (epsilon and v-prediction)",
+    title="Stable Diffusion 2.x",
     pipeline=_SD,
     components={"text_encoder": _CLIP, "unet": _UNET, "vae": _VAE},
     defaults={**_SD_DEFAULTS, "width": 768, "height": 768},
@@ -116,7 +116,7 @@ SD2 = FamilySpec(
 )
 SDXL = FamilySpec(
     name="sdxl",
-    description="Stable Diffusion XL base",
+    title="Stable Diffusion XL",
     pipeline=_SD,
     components={
         "text_encoder": _CLIP,
@@ -130,7 +130,7 @@ SDXL = FamilySpec(
 )
 SDXL_REFINER = FamilySpec(
     name="sdxl_refiner",
-    description="Stable Diffusion XL refiner (finishes an SDXL base model's run)",
+    title="Stable Diffusion XL refiner",
     pipeline=_SD,
     components={"text_encoder_2": _CLIP_PROJ, "unet": _UNET, "vae": _VAE},
     defaults={**_SD_DEFAULTS, "width": 1024, "height": 1024, "guidance_scale": 5.0},
@@ -139,7 +139,7 @@ SDXL_REFINER = FamilySpec(
 )
 WAN21 = FamilySpec(
     name="wan21",
-    description="Wan 2.1 (text-to-video, image-to-video, first/last frame)",
+    title="Wan 2.1",
     pipeline=_WAN,
     components=_WAN_COMPONENTS,
     optional=("transformer_2", "image_encoder"),
@@ -150,7 +150,7 @@ WAN21 = FamilySpec(
 )
 WAN22 = FamilySpec(
     name="wan22",
-    description="Wan 2.2 (two experts A14B, TI2V 5B)",
+    title="Wan 2.2",
     pipeline=_WAN,
     components=_WAN_COMPONENTS,
     optional=("transformer_2", "image_encoder"),

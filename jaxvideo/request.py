@@ -12,6 +12,7 @@ import dataclasses
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,47 @@ import numpy as np
 from jaxvideo.errors import InvalidRequest
 
 MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Range:
+    """A static range of a numeric field; `open` bounds are exclusive, None is unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        """ "within [0, 1]", "within (0, 1)", ">= 0", "> 0"."""
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"within {left}{self.low:g}, {self.high:g}{right}"
+
+
+# The static ranges of request fields: what every request must satisfy whatever the model and
+# the server's limits. GenerationRequest checks them when it is built (None values are
+# "unset" and pass); the web schemas take their validators from here.
+FIELD_RANGES: Mapping[str, Range] = MappingProxyType(
+    {
+        "guidance_scale": Range(0),
+        "strength": Range(0, 1),
+        # sd.cpp's timestep shift: 0 = off, else t' = t * shift / 1000.
+        "shifted_timestep": Range(0, 1000),
+        "refiner_switch": Range(0, 1, low_open=True, high_open=True),
+        "num_frames": Range(1),
+        "fps": Range(1, 120),
+        "flow_shift": Range(0, low_open=True),
+        "guidance_scale_2": Range(0),
+        "moe_boundary": Range(0, 1, low_open=True, high_open=True),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +122,9 @@ class GenerationRequest:
     continuation: Any = None
     return_state: bool = False
 
+    def __post_init__(self) -> None:
+        check_ranges({name: getattr(self, name) for name in FIELD_RANGES})
+
     def seeds(self) -> list[int]:
         """One seed per image: seed, seed+1, ... (the A1111 `all_seeds` convention)."""
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.batch_count)]
@@ -100,6 +145,14 @@ class HighNoiseParams:
 
 
 REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationRequest))
+
+
+def check_ranges(values: Mapping[str, Any]) -> None:
+    """InvalidRequest naming the first field of `values` outside its static range."""
+    for name, value in values.items():
+        allowed = FIELD_RANGES.get(name)
+        if allowed is not None and value is not None and value not in allowed:
+            raise InvalidRequest(f"{name} must be {allowed.describe()}, got {value}", name)
 
 
 def resolve_seed(seed: int | None) -> int:

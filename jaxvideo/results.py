@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxvideo.families import FamilySpec, family
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -30,6 +32,13 @@ class ModelInfo:
     frame_multiple: int = 1
     # Image-to-video models cannot start without a first frame (init_image or a continuation).
     needs_init_image: bool = False
+    # The request fields this model gets unless the client or the operator set them (its
+    # family's defaults, with the model folder's own on top).
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def family_spec(self) -> FamilySpec:
+        return family(self.family)
 
     def frames_for(self, requested: int) -> int:
         """The frame count a video will really have: the largest k * frame_multiple + 1 not

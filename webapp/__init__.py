@@ -11,14 +11,19 @@ import os
 import threading
 from typing import Any
 
-from flask import Flask
+from flask import Blueprint, Flask
 
 from jaxvideo.config import ServeConfig, load_config
-from webapp.errors import register_error_handlers
-from webapp.http import install_hooks
-from webapp.jobs import JobTable
-from webapp.service import Service
-from webapp.translate import Capabilities
+from webapp.core import health
+from webapp.core.capabilities import Capabilities
+from webapp.core.errors import register_error_handlers
+from webapp.core.http import install_hooks
+from webapp.core.jobs import JobTable
+from webapp.core.openapi import build_openapi
+from webapp.core.service import Service
+from webapp.openai import images, videos
+from webapp.sdapi import routes as sdapi
+from webapp.sdcpp import routes as sdcpp
 
 __all__ = ["create_app", "close_intake", "shutdown"]
 
@@ -26,6 +31,11 @@ log = logging.getLogger(__name__)
 
 _app: Flask | None = None
 _app_lock = threading.Lock()
+
+# One blueprint per surface (the OpenAI one in two: images and videos), and what
+# /openapi.json documents, route by route.
+BLUEPRINTS: tuple[Blueprint, ...] = (health.bp, images.bp, videos.bp, sdapi.bp, sdcpp.bp)
+ROUTE_DOCS = (*health.DOCS, *images.DOCS, *videos.DOCS, *sdapi.DOCS, *sdcpp.DOCS)
 
 
 def create_app(config: ServeConfig | None = None, engine: Any = None) -> Flask:
@@ -38,17 +48,13 @@ def create_app(config: ServeConfig | None = None, engine: Any = None) -> Flask:
 
         log.info("loading %d model(s) from %s", len(config.models), config.source)
         engine = Engine(config)
-    from jaxvideo.sampling import SAMPLERS, SCHEDULERS
-    from webapp.api import BLUEPRINTS, ROUTE_DOCS
-    from webapp.openapi import build_openapi
-
     server = config.server
     jobs = JobTable(
         max_queue_size=server.max_queue_size,
         job_retention_s=server.job_retention_s,
         expired_retention_s=server.expired_retention_s,
     )
-    caps = Capabilities.serving(SAMPLERS, SCHEDULERS, server, engine.models)
+    caps = Capabilities.serving(server, engine.models)
     service = Service(config, engine, jobs, caps)
     service.check_operator_defaults()
 

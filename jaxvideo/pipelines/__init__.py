@@ -1,29 +1,20 @@
 """Family pipelines: turn a GenerationRequest into decoded frames.
 
-Pipelines are imported on first use, so serving SD never imports the video stack and back.
+`base.py` is the contract every family implements; each family row (`jaxvideo.families`) names
+its pipeline class, imported on first use, so serving SD never imports the video stack and
+back. `jaxvideo.pipelines.StableDiffusionPipeline` (and every other family's class) resolves
+through that table.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-_PIPELINES = {
-    "sd1": "jaxvideo.pipelines.sd:StableDiffusionPipeline",
-    "sd2": "jaxvideo.pipelines.sd:StableDiffusionPipeline",
-    "sdxl": "jaxvideo.pipelines.sd:StableDiffusionPipeline",
-    "sdxl_refiner": "jaxvideo.pipelines.sd:StableDiffusionPipeline",
-    "wan21": "jaxvideo.pipelines.wan:WanPipeline",
-    "wan22": "jaxvideo.pipelines.wan:WanPipeline",
-}
-FAMILIES = tuple(_PIPELINES)
-VIDEO_FAMILIES = ("wan21", "wan22")
+from jaxvideo.families import FAMILIES
 
 
-def pipeline_class(family: str) -> Any:
-    """The pipeline class serving `family`; KeyError for an unknown family."""
-    module_name, attr = _PIPELINES[family].split(":")
-    return getattr(importlib.import_module(module_name), attr)
-
-
-__all__ = ["FAMILIES", "VIDEO_FAMILIES", "pipeline_class"]
+def __getattr__(name: str) -> Any:
+    for spec in FAMILIES.values():
+        if spec.pipeline.rpartition(":")[2] == name:
+            return spec.load_pipeline()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

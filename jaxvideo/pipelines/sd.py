@@ -2,15 +2,14 @@
 
 Covers text-to-image, img2img (`init_image` + `strength`) and inpainting (`mask_image`): with a
 9-channel inpainting UNet the mask and masked-image latents are extra UNet inputs; with an
-ordinary UNet the kept region is blended back at every step. Each network runs as a jit-compiled
-XLA function over its (graphdef, state) split, so weights are arguments rather than constants
-baked into the program, and one compiled function serves every request of the same shape.
+ordinary UNet the kept region is blended back at every step. The two-pass recipes (hires fix,
+SDXL refiner) are in sd_passes.py; text conditioning per family in sd_conditioning.py.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -21,62 +20,45 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxvideo.errors import Cancelled, InvalidRequest
+from jaxvideo.errors import InvalidRequest
+from jaxvideo.families import load
 from jaxvideo.lora import LoraCache
 from jaxvideo.media import resize_image
-from jaxvideo.pipelines.conditioning import CONDITIONERS, Conditioning
+from jaxvideo.pipelines.base import (
+    CancelledFn,
+    Pipeline,
+    Plan,
+    ProgressFn,
+    image_result,
+    seeded_noise,
+    step_reporter,
+    stop_if_cancelled,
+    to_uint8,
+)
+from jaxvideo.pipelines.sd_conditioning import Conditioning
+from jaxvideo.pipelines.sd_passes import TwoPasses
 from jaxvideo.request import GenerationRequest
 from jaxvideo.results import GenerationResult
 from jaxvideo.sampling import (
-    SAMPLER_DEFAULT_SCHEDULE,
-    SAMPLER_FNS,
-    SAMPLER_NEEDS_UNCOND,
-    SCHEDULE_FNS,
-    SCHEDULER_ALIASES,
+    SAMPLER_SPECS,
     TrainingSchedule,
     custom_sigmas,
     make_sigmas,
+    sampler_function,
     shifted_timestep,
 )
 from jaxvideo.sharding import constrain
-from jaxvideo.tiling import tiled_decode
+from jaxvideo.tiling import LATENT_SCALE, tiled_decode
 from jaxvideo.weights import load_component, read_config
 
-ProgressFn = Callable[[int, int], None]
-CancelledFn = Callable[[], bool]
-
-LATENT_SCALE = 8  # VAE downsampling factor of every SD family
-
-_COMMON_DEFAULTS: dict[str, Any] = {
-    "steps": 20,
-    "guidance_scale": 7.0,
-    "sampler": "euler_a",
-    "scheduler": "default",  # the sampler's own choice (lcm -> lcm, ...), else discrete
-    "clip_skip": -1,
-}
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sd1": {**_COMMON_DEFAULTS, "width": 512, "height": 512},
-    "sd2": {**_COMMON_DEFAULTS, "width": 768, "height": 768},
-    "sdxl": {**_COMMON_DEFAULTS, "width": 1024, "height": 1024, "guidance_scale": 5.0},
-    "sdxl_refiner": {**_COMMON_DEFAULTS, "width": 1024, "height": 1024, "guidance_scale": 5.0},
-}
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
-def _to_uint8(images: jax.Array) -> jax.Array:
-    # [-1, 1] -> [0, 255] on device, so only bytes travel back to the host.
-    return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
-
-
-class StableDiffusionPipeline:
+class StableDiffusionPipeline(TwoPasses, Pipeline):
     """One loaded SD model: text conditioning, UNet, VAE and its training schedule."""
 
     def __init__(self, model_dir: str | Path, dtype: str = "fp32"):
-        self.model_dir = Path(model_dir)
-        index = json.loads((self.model_dir / "model_index.json").read_text())
-        self.family = index.get("family", "sd1")
-        if self.family not in FAMILY_DEFAULTS:
-            raise ValueError(f"{model_dir}: family {self.family!r} is not an SD family")
+        super().__init__(model_dir, dtype)
         vae_config = read_config(self.model_dir / "vae")
         self.vae_scaling = float(vae_config.get("scaling_factor") or 0.18215)
         self.vae_shift = float(vae_config.get("shift_factor") or 0.0)
@@ -87,7 +69,7 @@ class StableDiffusionPipeline:
         if self.schedule.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"{model_dir}: prediction_type {self.schedule.prediction_type!r}")
 
-        self.conditioner = CONDITIONERS[self.family](self.model_dir, dtype)
+        self.conditioner = load(self.family.conditioner)(self.model_dir, dtype)
         unet = load_component(self.model_dir, "unet", dtype=dtype)
         vae = load_component(self.model_dir, "vae", dtype=dtype)
         # Inpainting UNets take [latents, mask, masked-image latents] on the channel axis.
@@ -98,13 +80,10 @@ class StableDiffusionPipeline:
         self._loras = LoraCache(max_entries=4)
 
     @property
-    def defaults(self) -> dict[str, Any]:
-        return dict(FAMILY_DEFAULTS[self.family])
+    def features(self) -> Mapping[str, tuple[str, ...]]:
+        return {"img_gen": ("init_image", "mask_image", "lora", "vae_tiling")}
 
-    # jax.jit on methods hashes `self`; pipelines are long-lived singletons, so identity hashing
-    # is exactly right.
-    def __hash__(self) -> int:
-        return id(self)
+    __hash__ = Pipeline.__hash__  # jit hashes `self` (see Pipeline)
 
     # --- compiled pieces -------------------------------------------------------------------
 
@@ -147,7 +126,7 @@ class StableDiffusionPipeline:
 
     @partial(jax.jit, static_argnums=(0,))
     def _decode(self, state, latents: jax.Array) -> jax.Array:
-        return _to_uint8(self._decode_float(state, latents))
+        return to_uint8(self._decode_float(state, latents))
 
     @partial(jax.jit, static_argnums=(0,))
     def _decode_float(self, state, latents: jax.Array) -> jax.Array:
@@ -175,34 +154,37 @@ class StableDiffusionPipeline:
 
     # --- request handling --------------------------------------------------------------------
 
-    def validate(self, req: GenerationRequest) -> tuple[str, str]:
-        """Checks what only the model knows; returns the resolved (sampler, scheduler)."""
+    def validate(self, req: GenerationRequest) -> Plan:
+        """Checks what only the model knows; returns the resolved sampler and schedule."""
         if req.width % LATENT_SCALE or req.height % LATENT_SCALE:
-            raise InvalidRequest(f"width and height must be multiples of {LATENT_SCALE}")
-        sampler = req.sampler if req.sampler not in ("", "default") else self.defaults["sampler"]
-        if sampler not in SAMPLER_FNS:
-            raise InvalidRequest(
-                f"unknown sampler {req.sampler!r}; one of {', '.join(SAMPLER_FNS)}"
-            )
-        scheduler = SCHEDULER_ALIASES.get(req.scheduler.lower(), req.scheduler.lower())
-        scheduler = scheduler or SAMPLER_DEFAULT_SCHEDULE.get(sampler, "discrete")
-        if scheduler not in SCHEDULE_FNS:
-            raise InvalidRequest(
-                f"unknown scheduler {req.scheduler!r}; one of {', '.join(SCHEDULE_FNS)}"
-            )
+            field = "width" if req.width % LATENT_SCALE else "height"
+            raise InvalidRequest(f"width and height must be multiples of {LATENT_SCALE}", field)
+        plan = self.resolve_sampling(req.sampler, req.scheduler)
         if req.steps < 1:
-            raise InvalidRequest("steps must be at least 1")
+            raise InvalidRequest("steps must be at least 1", "steps")
         if req.shifted_timestep and self.schedule.prediction_type != "epsilon":
-            raise InvalidRequest("shifted_timestep applies to epsilon-prediction models only")
-        if not 0 <= req.shifted_timestep <= self.schedule.num_train_timesteps:
-            raise InvalidRequest("shifted_timestep must be within [0, 1000]")
-        if not 0.0 <= req.strength <= 1.0:
-            raise InvalidRequest("strength must be within [0, 1]")
+            raise InvalidRequest(
+                "shifted_timestep applies to epsilon-prediction models only", "shifted_timestep"
+            )
+        if req.shifted_timestep > self.schedule.num_train_timesteps:
+            raise InvalidRequest(
+                f"shifted_timestep must be within [0, {self.schedule.num_train_timesteps}]",
+                "shifted_timestep",
+            )
         if req.mask_image is not None and req.init_image is None:
-            raise InvalidRequest("mask_image needs an init_image")
+            raise InvalidRequest("mask_image needs an init_image", "mask_image")
         if self.is_inpainting and req.init_image is None:
-            raise InvalidRequest("this inpainting model needs an init_image and a mask_image")
-        return sampler, scheduler
+            raise InvalidRequest(
+                "this inpainting model needs an init_image and a mask_image", "init_image"
+            )
+        if req.refiner is not None:
+            if req.hires is not None:
+                raise InvalidRequest("hires fix and a refiner cannot be combined yet", "hires")
+            if req.init_image is not None:
+                raise InvalidRequest(
+                    "a refiner stage is only supported for text-to-image", "refiner"
+                )
+        return plan
 
     def _timestep(self, sigma: float, shift: int) -> tuple[float, float, float]:
         """(t, c_skip, c_out) for the UNet at `sigma`; sd.cpp's shifted timestep when shift > 0.
@@ -221,19 +203,15 @@ class StableDiffusionPipeline:
         try:
             if req.custom_sigmas:
                 return custom_sigmas(req.custom_sigmas).astype(np.float32)
-            ays = {"family": "sdxl" if self.family == "sdxl" else "sd1"}
-            options = ays if scheduler == "ays" else {}
+            options = {"table": self.family.ays_table} if scheduler == "ays" else {}
             return make_sigmas(self.schedule, scheduler, req.steps, **options)
         except ValueError as exc:  # bad custom sigmas, the lcm schedule's 50-step ceiling, ...
             raise InvalidRequest(str(exc)) from exc
 
     def initial_noise(self, req: GenerationRequest) -> tuple[jax.Array, jax.Array]:
         """Unit-variance latent noise and per-image keys, one random stream per image seed."""
-        keys = jax.vmap(jax.random.key)(jnp.asarray(req.seeds(), dtype=jnp.uint32))
-        noise_keys, other_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
         shape = (req.height // LATENT_SCALE, req.width // LATENT_SCALE, self.latent_channels)
-        noise = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(noise_keys)
-        return noise, other_keys
+        return seeded_noise(req.seeds(), shape)
 
     def _image_inputs(self, req: GenerationRequest, keys: jax.Array):
         """Init latents, latent-size mask (1 = repaint) and the inpainting UNet's extra input."""
@@ -269,9 +247,11 @@ class StableDiffusionPipeline:
         req: GenerationRequest,
         progress: ProgressFn | None = None,
         cancelled: CancelledFn | None = None,
+        *,
+        plan: Plan | None = None,
     ) -> np.ndarray:
         """Runs the sampler from unit `noise` (B, h, w, c) and decodes: (B, H, W, 3) uint8."""
-        latents = self.sample_latents(noise, keys, req, progress, cancelled)
+        latents = self.sample_latents(noise, keys, req, progress, cancelled, plan=plan)
         return self.decode(latents, req.vae_tiling)
 
     def sample_latents(
@@ -282,20 +262,21 @@ class StableDiffusionPipeline:
         progress: ProgressFn | None = None,
         cancelled: CancelledFn | None = None,
         *,
+        plan: Plan | None = None,
         sigmas: np.ndarray | None = None,
         start: jax.Array | None = None,
         prompts: Sequence[tuple[str, str, int]] | None = None,
     ) -> jax.Array:
         """The sampler alone: unit `noise` (B, h, w, c) -> final scaled latents.
 
-        `sigmas` replaces the request's schedule (a stage of it); `start` gives latents already
-        at `sigmas[0]` (a refiner continuing a base model's run) instead of noise or an image.
-        `prompts` replaces the request's prompts with (prompt, negative prompt, image count)
-        triples covering the batch in order (requests batched by `generate_batch`).
+        `plan` is what `validate` resolved (validated here when None). `sigmas` replaces the
+        request's schedule (a stage of it); `start` gives latents already at `sigmas[0]` (a
+        refiner continuing a base model's run) instead of noise or an image. `prompts`
+        replaces the request's prompts with (prompt, negative prompt, image count) triples
+        covering the batch in order (requests batched by `generate_batch`).
         """
-        sampler, scheduler = self.validate(req)
-        if cancelled is not None and cancelled():
-            raise Cancelled()
+        plan = plan or self.validate(req)
+        stop_if_cancelled(cancelled)
         batch = noise.shape[0]
         # LoRA-merged weights (cached per LoRA set); the base states stay untouched.
         states = self._loras.get_or_merge(
@@ -311,12 +292,12 @@ class StableDiffusionPipeline:
             for p, n, count in prompts
         ]
         # CFG++ samplers need the unconditional prediction even at guidance 1.
-        with_uncond = sampler in SAMPLER_NEEDS_UNCOND
+        with_uncond = SAMPLER_SPECS[plan.sampler].needs_uncond
         use_cfg = req.guidance_scale != 1.0 or with_uncond
         context, added = _batch_conditioning(conds, use_cfg)
         guidance = jnp.float32(req.guidance_scale)
 
-        sigmas = self.sigmas(req, scheduler) if sigmas is None else sigmas
+        sigmas = self.sigmas(req, plan.scheduler) if sigmas is None else sigmas
         init_latents, blend_mask, extra = (None, None, None)
         if start is None:
             init_latents, blend_mask, extra = self._image_inputs(req, keys)
@@ -361,13 +342,8 @@ class StableDiffusionPipeline:
                 return keep_unmasked(out[0]), keep_unmasked(out[1])
             return keep_unmasked(out)
 
-        def on_step(step: int, total: int) -> None:
-            if progress is not None:
-                progress(step, total)
-            if cancelled is not None and cancelled() and step < total:
-                raise Cancelled()
-
-        latents = SAMPLER_FNS[sampler](model, latents, sigmas, keys, on_step, req.eta)
+        run = sampler_function(plan.sampler, flow=False)
+        latents = run(model, latents, sigmas, keys, step_reporter(progress, cancelled), req.eta)
         if blend_mask is not None:
             latents = latents * blend_mask + init_latents * (1 - blend_mask)
         return latents
@@ -375,13 +351,19 @@ class StableDiffusionPipeline:
     def generate(
         self,
         req: GenerationRequest,
+        plan: Plan | None = None,
         progress: ProgressFn | None = None,
         cancelled: CancelledFn | None = None,
+        refiner: Pipeline | None = None,
     ) -> GenerationResult:
-        sampler, scheduler = self.validate(req)
+        plan = plan or self.validate(req)
+        if refiner is not None:
+            return self.generate_refined(refiner, req, plan, progress, cancelled)
+        if req.hires is not None:
+            return self.generate_hires(req, plan, progress, cancelled)
         noise, keys = self.initial_noise(req)
-        pixels = self.sample(noise, keys, req, progress, cancelled)
-        return _result(req, pixels, sampler, scheduler)
+        pixels = self.sample(noise, keys, req, progress, cancelled, plan=plan)
+        return image_result(req, pixels, plan)
 
     def batch_key(self, req: GenerationRequest) -> Hashable | None:
         """Requests with equal keys can share one sampler run (`generate_batch`): they differ
@@ -404,34 +386,27 @@ class StableDiffusionPipeline:
     def generate_batch(
         self,
         reqs: Sequence[GenerationRequest],
+        plan: Plan | None = None,
         progress: ProgressFn | None = None,
         cancelled: CancelledFn | None = None,
     ) -> list[GenerationResult]:
-        """Requests with equal `batch_key`s as one sampler run over all their images; each
-        image keeps its own prompts and seed stream, so every request gets what `generate`
-        makes for it alone."""
+        """Requests with equal `batch_key`s (so one `plan`) as one sampler run over all their
+        images; each image keeps its own prompts and seed stream, so every request gets what
+        `generate` makes for it alone."""
         first = reqs[0]
-        sampler, scheduler = self.validate(first)
+        plan = plan or self.validate(first)
         noise, keys = zip(*(self.initial_noise(req) for req in reqs), strict=True)
         prompts = [(req.prompt, req.negative_prompt, req.batch_count) for req in reqs]
         latents = self.sample_latents(
             jnp.concatenate(noise), jnp.concatenate(keys), first, progress, cancelled,
-            prompts=prompts,
+            plan=plan, prompts=prompts,
         )  # fmt: skip
         pixels = self.decode(latents, first.vae_tiling)
         ends = np.cumsum([req.batch_count for req in reqs])
         return [
-            _result(req, pixels[end - req.batch_count : end], sampler, scheduler)
+            image_result(req, pixels[end - req.batch_count : end], plan)
             for req, end in zip(reqs, ends, strict=True)
         ]
-
-
-def _result(req: GenerationRequest, pixels: np.ndarray, sampler: str, scheduler: str):
-    return GenerationResult(
-        images=[pixels[i] for i in range(pixels.shape[0])],
-        seeds=req.seeds(),
-        info={"sampler": sampler, "scheduler": scheduler, "steps": req.steps},
-    )
 
 
 def _batch_conditioning(conds: Sequence[tuple[Conditioning, int]], use_cfg: bool):

@@ -15,61 +15,48 @@ that latent frame encodes exactly one picture.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxvideo.errors import Cancelled, InvalidRequest
+from jaxvideo.errors import InvalidRequest
 from jaxvideo.lora import LoraCache
 from jaxvideo.media import resize_image
+from jaxvideo.pipelines.base import (
+    CancelledFn,
+    Pipeline,
+    Plan,
+    ProgressFn,
+    image_result,
+    result_info,
+    seeded_noise,
+    step_reporter,
+    stop_if_cancelled,
+    to_uint8,
+)
 from jaxvideo.request import GenerationRequest, HighNoiseParams
 from jaxvideo.results import GenerationResult, round_frames
-from jaxvideo.sampling.flow import (
-    FLOW_SAMPLER_DEFAULT,
-    FLOW_SAMPLER_FNS,
-    FLOW_SCHEDULES,
-    flow_sigmas,
-)
+from jaxvideo.sampling import DEFAULT_NAMES, flow_sigmas, resolve_sampler, sampler_function
 from jaxvideo.sharding import constrain
 from jaxvideo.tokenizers import t5_token_ids
 from jaxvideo.weights import load_component, read_config
 
-ProgressFn = Callable[[int, int], None]
-CancelledFn = Callable[[], bool]
-
 TEMPORAL_SCALE = 4  # the Wan VAE's frame compression: 4n + 1 frames -> n + 1 latent frames
 SPATIAL_SCALE = 8
 TEXT_LENGTH = 512  # diffusers' max_sequence_length for Wan
-# sd.cpp names that mean the plain shifted schedule for flow models.
-SCHEDULE_ALIASES = {
-    "default": "discrete",
-    "": "discrete",
-    "normal": "discrete",
-    "sgm_uniform": "discrete",
-}
 
-_WAN_DEFAULTS: dict[str, Any] = {
-    "width": 832,
-    "height": 480,
-    "num_frames": 81,
-    "fps": 16,
-    "steps": 50,
-    "guidance_scale": 5.0,
-    "sampler": FLOW_SAMPLER_DEFAULT,
-    "scheduler": "discrete",
-}
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "wan21": dict(_WAN_DEFAULTS),
-    # Wan 2.2 A14B's published settings: 40 steps, CFG 4 (high noise) / 3 (low noise).
-    "wan22": {**_WAN_DEFAULTS, "steps": 40, "guidance_scale": 4.0, "guidance_scale_2": 3.0},
-}
+
+@dataclass(frozen=True)
+class WanPlan(Plan):
+    """A Wan request's plan: also the high-noise stage's sampler, when it has one of its own."""
+
+    high_sampler: str | None = None
 
 
 def frame_count(requested: int) -> int:
@@ -77,18 +64,15 @@ def frame_count(requested: int) -> int:
     return round_frames(requested, TEMPORAL_SCALE)
 
 
-class WanPipeline:
+class WanPipeline(Pipeline):
     """One loaded Wan model: UMT5 encoder, one or two transformers, video VAE, [CLIP vision]."""
 
+    frame_multiple = TEMPORAL_SCALE
+
     def __init__(self, model_dir: str | Path, dtype: str = "fp32"):
-        self.model_dir = Path(model_dir)
-        index = json.loads((self.model_dir / "model_index.json").read_text())
-        self.family = index.get("family")
-        if self.family not in FAMILY_DEFAULTS:
-            raise ValueError(f"{model_dir}: family {self.family!r} is not a Wan family")
-        self._defaults = {**FAMILY_DEFAULTS[self.family], **index.get("defaults", {})}
-        self.boundary_ratio = index.get("boundary_ratio")
-        self.expand_timesteps = bool(index.get("expand_timesteps", False))
+        super().__init__(model_dir, dtype)
+        self.boundary_ratio = self.index.get("boundary_ratio")
+        self.expand_timesteps = bool(self.index.get("expand_timesteps", False))
 
         scheduler_path = self.model_dir / "scheduler" / "scheduler_config.json"
         scheduler = json.loads(scheduler_path.read_text()) if scheduler_path.is_file() else {}
@@ -132,18 +116,6 @@ class WanPipeline:
     # --- what the engine reports ---------------------------------------------------------------
 
     @property
-    def defaults(self) -> dict[str, Any]:
-        return dict(self._defaults)
-
-    @property
-    def samplers(self) -> tuple[str, ...]:
-        return tuple(FLOW_SAMPLER_FNS)
-
-    @property
-    def schedulers(self) -> tuple[str, ...]:
-        return tuple(FLOW_SCHEDULES)
-
-    @property
     def modes(self) -> tuple[str, ...]:
         # An image-to-video model needs a first frame; a one-frame "image" from it is that frame.
         return ("vid_gen",) if self.is_i2v else ("img_gen", "vid_gen")
@@ -153,21 +125,19 @@ class WanPipeline:
         return SPATIAL_SCALE * self.patch_size[1]
 
     @property
-    def frame_multiple(self) -> int:
-        return TEMPORAL_SCALE
+    def needs_init_image(self) -> bool:
+        return self.is_i2v or self.image_tokens
 
     @property
-    def features(self) -> dict[str, tuple[str, ...]]:
-        video = ["init_image", "lora", "cancel_queued", "cancel_generating"]
+    def features(self) -> Mapping[str, tuple[str, ...]]:
+        video = ["init_image", "lora"]
         if self.is_i2v or self.image_tokens:
             video.append("end_image")
         if "transformer_2" in self._experts:
             video.append("high_noise_sample_params")
-        image = ["lora", "cancel_queued", "cancel_generating"]
-        return {"vid_gen": tuple(video), "img_gen": tuple(image)}
+        return {"vid_gen": tuple(video), "img_gen": ("lora",)}
 
-    def __hash__(self) -> int:  # jit over methods hashes `self`: identity is right
-        return id(self)
+    __hash__ = Pipeline.__hash__  # jit hashes `self` (see Pipeline)
 
     # --- compiled pieces -----------------------------------------------------------------------
 
@@ -248,13 +218,13 @@ class WanPipeline:
     def _decode_first(self, state, z, cache):
         vae = nnx.merge(self._vae_def, state)
         frames, cache = vae.decode_first(self._denormalise(_rows_split(z)), cache)
-        return _to_uint8(frames), cache
+        return to_uint8(frames), cache
 
     @partial(jax.jit, static_argnums=(0,))
     def _decode_next(self, state, z, cache):
         vae = nnx.merge(self._vae_def, state)
         frames, cache = vae.decode_next(self._denormalise(_rows_split(z)), cache)
-        return _to_uint8(frames), cache
+        return to_uint8(frames), cache
 
     def decode(self, latents: jax.Array) -> np.ndarray:
         """Latents (B, T, h, w, z) -> (B, 1 + 4 (T - 1), H, W, 3) uint8, one latent frame at a
@@ -271,34 +241,55 @@ class WanPipeline:
 
     # --- request handling ----------------------------------------------------------------------
 
-    def validate(self, req: GenerationRequest) -> tuple[str, str]:
-        """Checks what only the model knows; returns the resolved (sampler, scheduler)."""
+    def validate(self, req: GenerationRequest) -> WanPlan:
+        """Checks what only the model knows; returns the resolved sampling plan."""
         multiple = self.size_multiple
         if req.width % multiple or req.height % multiple:
-            raise InvalidRequest(f"width and height must be multiples of {multiple} for Wan")
-        sampler = _resolve_sampler(req.sampler, self._defaults["sampler"])
-        scheduler = _resolve_scheduler(req.scheduler)
+            field = "width" if req.width % multiple else "height"
+            raise InvalidRequest(f"width and height must be multiples of {multiple} for Wan", field)
+        plan = self.resolve_sampling(req.sampler, req.scheduler)
         if req.steps < 1:
-            raise InvalidRequest("steps must be at least 1")
-        if req.num_frames < 1:
-            raise InvalidRequest("num_frames must be at least 1")
-        if (self.is_i2v or self.image_tokens) and req.init_image is None:
-            raise InvalidRequest("this image-to-video model needs an init_image (first frame)")
+            raise InvalidRequest("steps must be at least 1", "steps")
+        # A continuation starts from the last frame of the video it continues.
+        if self.needs_init_image and req.init_image is None and req.continuation is None:
+            raise InvalidRequest(
+                "this is an image-to-video model: send a first frame (init_image)", "init_image"
+            )
         if req.end_image is not None and "end_image" not in self.features["vid_gen"]:
-            raise InvalidRequest("this model has no last-frame conditioning (end_image)")
-        if req.high_noise is not None and "transformer_2" not in self._experts:
-            raise InvalidRequest("high_noise_sample_params need a two-expert (Wan 2.2) model")
+            raise InvalidRequest(
+                "this model has no last-frame conditioning (end_image)", "end_image"
+            )
         if req.custom_sigmas:
-            raise InvalidRequest("custom_sigmas are not supported for Wan models yet")
+            raise InvalidRequest(
+                "custom_sigmas are not supported for Wan models yet", "custom_sigmas"
+            )
         if req.shifted_timestep:
-            raise InvalidRequest("shifted_timestep applies to SD epsilon models only")
-        if req.flow_shift is not None and req.flow_shift <= 0:
-            raise InvalidRequest("flow_shift must be positive")
-        for name in ("moe_boundary",):
-            value = getattr(req, name)
-            if value is not None and not 0.0 < value < 1.0:
-                raise InvalidRequest(f"{name} must be within (0, 1)")
-        return sampler, scheduler
+            raise InvalidRequest(
+                "shifted_timestep applies to SD epsilon models only", "shifted_timestep"
+            )
+        high = req.high_noise
+        if high is None:
+            return WanPlan(plan.sampler, plan.scheduler)
+        if "transformer_2" not in self._experts:
+            raise InvalidRequest(
+                "high_noise_sample_params need a two-expert (Wan 2.2) model", "high_noise"
+            )
+        # One noise schedule spans both stages (sd.cpp): the high-noise stage has its own
+        # sampler, guidance, eta and step count, not its own schedule or shift.
+        own_schedule = (high.scheduler or "").strip().lower() not in DEFAULT_NAMES
+        if own_schedule and self.resolve_sampling(plan.sampler, high.scheduler) != plan:
+            raise InvalidRequest(
+                "the high-noise scheduler must equal the main scheduler", "high_noise"
+            )
+        if high.flow_shift is not None and high.flow_shift != (req.flow_shift or self.flow_shift):
+            raise InvalidRequest(
+                "the high-noise flow_shift must equal the main flow_shift", "high_noise"
+            )
+        try:
+            high_sampler = resolve_sampler(high.sampler, True, plan.sampler)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), "high_noise") from exc
+        return WanPlan(plan.sampler, plan.scheduler, high_sampler)
 
     def _text_context(self, req: GenerationRequest, states) -> jax.Array:
         ids, mask = t5_token_ids(self.tokenizer_dir, [req.negative_prompt, req.prompt], TEXT_LENGTH)
@@ -363,12 +354,13 @@ class WanPipeline:
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from exc
 
-    def _stages(self, req: GenerationRequest, sampler: str, scheduler: str):
+    def _stages(self, req: GenerationRequest, plan: WanPlan):
         """[(expert or None, sampler, sigmas, guidance, eta)] run in order.
 
         One stage with per-step expert switching (expert None) is exactly diffusers' two-expert
         loop; explicit high-noise settings split the schedule into two sampler runs (sd.cpp).
         """
+        sampler, scheduler = plan.sampler, plan.scheduler
         shift = req.flow_shift or self.flow_shift
         sigmas = self._schedule(req, scheduler, shift)
         if "transformer_2" not in self._experts:
@@ -383,15 +375,7 @@ class WanPipeline:
         if high is None:
             switch = (req.guidance_scale, low_guidance, boundary)
             return [(None, sampler, sigmas, switch, req.eta)]
-        # One noise schedule spans both stages (sd.cpp): the high-noise stage has its own
-        # sampler, guidance and eta, and either its own step count or the boundary's share.
-        if high.scheduler not in (None, "", "default") and _resolve_scheduler(high.scheduler) != (
-            scheduler
-        ):
-            raise InvalidRequest("the high-noise scheduler must equal the main scheduler")
-        if high.flow_shift is not None and high.flow_shift != shift:
-            raise InvalidRequest("the high-noise flow_shift must equal the main flow_shift")
-        high_sampler = _resolve_sampler(high.sampler, sampler)
+        # Either the high-noise stage's own step count, or the boundary's share of the steps.
         if high.steps < 0:
             split = int(np.sum(sigmas[:-1] >= boundary))
         else:
@@ -402,7 +386,7 @@ class WanPipeline:
         high_eta = req.eta if high.eta is None else high.eta
         stages = []
         if len(high_sigmas) > 1:
-            stages.append(("transformer", high_sampler, high_sigmas, high_guidance, high_eta))
+            stages.append(("transformer", plan.high_sampler, high_sigmas, high_guidance, high_eta))
         if len(low_sigmas) > 1:
             stages.append(("transformer_2", sampler, low_sigmas, low_guidance, req.eta))
         return stages
@@ -415,11 +399,13 @@ class WanPipeline:
         frames: int,
         progress: ProgressFn | None = None,
         cancelled: CancelledFn | None = None,
+        *,
+        plan: WanPlan | None = None,
     ) -> jax.Array:
-        """Unit `noise` (B, T, h, w, z) -> final normalised latents."""
-        sampler, scheduler = self.validate(req)
-        if cancelled is not None and cancelled():
-            raise Cancelled()
+        """Unit `noise` (B, T, h, w, z) -> final normalised latents (`plan`: what `validate`
+        resolved; validated here when None)."""
+        plan = plan or self.validate(req)
+        stop_if_cancelled(cancelled)
         states = self._lora_states(req)
         context = self._text_context(req, states)
         first, last = self._input_frames(req)
@@ -429,22 +415,17 @@ class WanPipeline:
         if self.expand_timesteps:
             condition, pinned = pinned, None
         batch = noise.shape[0]
-        stages = self._stages(req, sampler, scheduler)
+        stages = self._stages(req, plan)
         total = sum(len(s[2]) - 1 for s in stages)
         done = 0
         latents = noise
-
-        def on_step(step: int, _total: int) -> None:
-            if progress is not None:
-                progress(done + step, total)
-            if cancelled is not None and cancelled() and done + step < total:
-                raise Cancelled()
-
         for expert, stage_sampler, sigmas, guidance, eta in stages:
             model = self._model_fn(
                 expert, states, batch, context, image_context, condition, pinned, guidance, noise
             )
-            latents = FLOW_SAMPLER_FNS[stage_sampler](model, latents, sigmas, keys, on_step, eta)
+            on_step = step_reporter(progress, cancelled, offset=done, total=total)
+            run = sampler_function(stage_sampler, flow=True)
+            latents = run(model, latents, sigmas, keys, on_step, eta)
             done += len(sigmas) - 1
         if pinned is not None:
             latents = _pin(latents, pinned, 0.0, noise)
@@ -522,43 +503,39 @@ class WanPipeline:
 
     def initial_noise(self, req: GenerationRequest, frames: int) -> tuple[jax.Array, jax.Array]:
         """Unit latent noise (B, T, h, w, z) and per-video keys, one stream per seed."""
-        keys = jax.vmap(jax.random.key)(jnp.asarray(req.seeds(), dtype=jnp.uint32))
-        noise_keys, other_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
         shape = (
             (frames - 1) // TEMPORAL_SCALE + 1,
             req.height // SPATIAL_SCALE,
             req.width // SPATIAL_SCALE,
             self.z_dim,
         )
-        noise = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(noise_keys)
-        return noise, other_keys
+        return seeded_noise(req.seeds(), shape)
 
     def generate(
         self,
         req: GenerationRequest,
+        plan: Plan | None = None,
         progress: ProgressFn | None = None,
         cancelled: CancelledFn | None = None,
+        refiner: Pipeline | None = None,
     ) -> GenerationResult:
-        sampler, scheduler = self.validate(req)
+        if refiner is not None:
+            raise InvalidRequest("Wan models have no refiner stage", "refiner")
+        plan = plan or self.validate(req)
         video = req.mode == "vid_gen"
         frames = frame_count(req.num_frames) if video else 1
         noise, keys = self.initial_noise(req, frames)
-        latents = self.sample_latents(noise, keys, req, frames, progress, cancelled)
+        latents = self.sample_latents(noise, keys, req, frames, progress, cancelled, plan=plan)
         pixels = self.decode(latents)
-        info = {"sampler": sampler, "scheduler": scheduler, "steps": req.steps}
         if not video:
-            return GenerationResult([p[0] for p in pixels], req.seeds(), info)
-        info["frame_count"] = int(pixels.shape[1])
+            return image_result(req, pixels[:, 0], plan)
+        info = result_info(req, plan, frame_count=int(pixels.shape[1]))
         return GenerationResult([], req.seeds(), info, videos=list(pixels), fps=req.fps)
 
 
 def _rows_split(z: jax.Array) -> jax.Array:
     """The VAE decode is split spatially, over latent rows, across the whole mesh."""
     return constrain(z, None, None, "rows", None, None)
-
-
-def _to_uint8(frames: jax.Array) -> jax.Array:
-    return jnp.clip(jnp.round((frames.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 def _to_unit(pixels: np.ndarray) -> np.ndarray:
@@ -592,24 +569,3 @@ def _clip_crop_size(folder: Path) -> int:
         return 224
     crop = json.loads(path.read_text()).get("crop_size", 224)
     return int(crop["height"] if isinstance(crop, dict) else crop)
-
-
-def _resolve_sampler(name: str | None, default: str) -> str:
-    sampler = name if name not in (None, "", "default") else default
-    if sampler not in FLOW_SAMPLER_FNS:
-        raise InvalidRequest(
-            f"sampler {name!r} is not available for Wan models; one of "
-            f"{', '.join(FLOW_SAMPLER_FNS)}"
-        )
-    return sampler
-
-
-def _resolve_scheduler(name: str | None) -> str:
-    scheduler = (name or "").lower()
-    scheduler = SCHEDULE_ALIASES.get(scheduler, scheduler)
-    if scheduler not in FLOW_SCHEDULES:
-        raise InvalidRequest(
-            f"scheduler {name!r} is not available for Wan models; one of "
-            f"{', '.join(FLOW_SCHEDULES)}"
-        )
-    return scheduler

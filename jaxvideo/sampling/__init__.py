@@ -1,38 +1,42 @@
-"""Samplers and noise schedules, by the names stable-diffusion.cpp and A1111 clients use."""
+"""Samplers and noise schedules, by the names stable-diffusion.cpp and A1111 clients use.
 
-from jaxvideo.sampling.samplers import (
-    SAMPLER_DEFAULT_ETA,
-    SAMPLER_DEFAULT_SCHEDULE,
-    SAMPLER_FNS,
-    SAMPLER_NEEDS_UNCOND,
-    step_noise,
-)
-from jaxvideo.sampling.schedules import (
-    SCHEDULE_FNS,
-    SCHEDULER_ALIASES,
-    ShiftedTimestep,
-    TrainingSchedule,
-    custom_sigmas,
-    make_sigmas,
-    shifted_timestep,
-)
+What exists, under which names and with which defaults is `registry` (JAX-free, like this
+package's top level, so the web layer may import it); the sampler functions themselves (JAX)
+are in the `samplers*` and `flow` modules and are reached through `registry.sampler_function`.
+"""
 
-SAMPLERS: tuple[str, ...] = tuple(SAMPLER_FNS)
-SCHEDULERS: tuple[str, ...] = tuple(SCHEDULE_FNS)
+from jaxvideo.sampling.registry import (
+    DEFAULT_NAMES,
+    SAMPLER_SPECS,
+    SCHEDULE_ALIASES,
+    SCHEDULE_SPECS,
+    SamplerSpec,
+    ScheduleSpec,
+    resolve_sampler,
+    resolve_schedule,
+    sampler_function,
+    sampler_names,
+    schedule_names,
+)
+from jaxvideo.sampling.schedules import ShiftedTimestep, TrainingSchedule, shifted_timestep
+from jaxvideo.sampling.sigmas import custom_sigmas, flow_sigmas, make_sigmas
 
 __all__ = [
-    "SAMPLERS",
-    "SAMPLER_DEFAULT_ETA",
-    "SAMPLER_DEFAULT_SCHEDULE",
-    "SAMPLER_FNS",
-    "SAMPLER_NEEDS_UNCOND",
-    "SCHEDULERS",
-    "SCHEDULER_ALIASES",
-    "SCHEDULE_FNS",
+    "DEFAULT_NAMES",
+    "SAMPLER_SPECS",
+    "SCHEDULE_SPECS",
+    "SCHEDULE_ALIASES",
+    "SamplerSpec",
+    "ScheduleSpec",
     "ShiftedTimestep",
     "TrainingSchedule",
     "custom_sigmas",
+    "flow_sigmas",
     "make_sigmas",
+    "resolve_sampler",
+    "resolve_schedule",
+    "sampler_function",
+    "sampler_names",
+    "schedule_names",
     "shifted_timestep",
-    "step_noise",
 ]

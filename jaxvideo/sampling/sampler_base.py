@@ -37,11 +37,6 @@ def step_noise(keys: jax.Array, step: int, shape: tuple[int, ...], dtype) -> jax
     return _draw_noise(keys, np.uint32(step), tuple(shape[1:]), jnp.dtype(dtype))
 
 
-def resolve_eta(eta: float | None, default: float) -> float:
-    """The request's eta, or the sampler's own default when the client sent none."""
-    return default if eta is None else float(eta)
-
-
 def ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
     """(sigma_down, sigma_up): a deterministic move to sigma_down, then fresh noise of sigma_up.
 

@@ -1,28 +1,29 @@
-"""k-diffusion style samplers by stable-diffusion.cpp's names, and the registry that maps them.
+"""Euler-type samplers (euler, euler_a, ddim_trailing, the CFG++ pair), and the sampler contract.
 
 A sampler is a plain Python loop over steps so the caller can report progress and stop between
 steps; the denoiser it calls is the jit-compiled network. Every sampler has the signature
 
-    sampler(model, x, sigmas, keys, callback=None, eta=None) -> x
+    sampler(model, x, sigmas, keys, callback=None, eta=0.0) -> x
 
 - `model(x, sigma) -> denoised`: the x0 prediction for x = x0 + sigma * noise (k-diffusion's
   convention); sigma is a Python/numpy float, possibly one not in `sigmas` (intermediate
   evaluations of heun, dpm2, dpm++2s_a, res_2s).
-- CFG++ samplers (SAMPLER_NEEDS_UNCOND) also need the unconditional prediction: they call
-  `model(x, sigma, return_uncond=True)`, which must return `(denoised, denoised_uncond)`, where
-  `denoised` is the guided prediction and `denoised_uncond` the negative-prompt one (both in the
-  same x0 space). Other samplers never pass return_uncond. CFG++ expects small guidance scales
-  (about 0.5 to 2); at scale 1 it is plain Euler / Euler a.
-- `x` starts at `noise * sigmas[0]`; `sigmas` descend to a final 0 (schedules.make_sigmas).
+- CFG++ samplers (`needs_uncond` in the registry) also need the unconditional prediction:
+  they call `model(x, sigma, return_uncond=True)`, which must return `(denoised,
+  denoised_uncond)`, where `denoised` is the guided prediction and `denoised_uncond` the
+  negative-prompt one (both in the same x0 space). Other samplers never pass return_uncond.
+  CFG++ expects small guidance scales (about 0.5 to 2); at scale 1 it is plain Euler / Euler a.
+- `x` starts at `noise * sigmas[0]`; `sigmas` descend to a final 0 (`jaxvideo.sampling.sigmas`).
 - `keys` holds one PRNG key per image; the noise a stochastic sampler injects at step i is
   `step_noise(keys, i, ...)` (dpm++2m_sde_bt: a Brownian path from the same keys), so an image is
   the same whether it was generated alone or in a batch.
 - `callback(step, total)` runs once after each step (1-based, total = len(sigmas) - 1), however
   many model evaluations the step took.
-- `eta` None means the sampler's default (SAMPLER_DEFAULT_ETA); samplers absent from that map are
-  deterministic and ignore it.
+- `eta` is the noise scale, already resolved: `registry.sampler_function` passes the
+  sampler's `default_eta` when the request sends none (the functions' own default, 0, is no
+  noise). Deterministic samplers ignore it.
 
-SAMPLER_DEFAULT_SCHEDULE names the schedule to use when the client asks for the default one.
+Which samplers exist, by which names, with which defaults: `jaxvideo.sampling.registry`.
 """
 
 from __future__ import annotations
@@ -33,43 +34,14 @@ import numpy as np
 
 from jaxvideo.sampling.sampler_base import (
     Denoiser,
-    SamplerFn,
     StepCallback,
     ancestral_step,
     lincomb,
     model_with_uncond,
     report,
-    resolve_eta,
     step_noise,
     to_d,
 )
-from jaxvideo.sampling.samplers_distilled import sample_lcm, sample_tcd
-from jaxvideo.sampling.samplers_exp import (
-    sample_dpmpp_2m,
-    sample_dpmpp_2m_sde,
-    sample_dpmpp_2m_sde_bt,
-    sample_dpmpp_2m_v2,
-    sample_dpmpp_2s_ancestral,
-    sample_er_sde,
-    sample_res_2s,
-    sample_res_multistep,
-)
-from jaxvideo.sampling.samplers_ode import (
-    sample_dpm2,
-    sample_euler_ge,
-    sample_heun,
-    sample_ipndm,
-    sample_ipndm_v,
-    sample_lms,
-)
-
-__all__ = [
-    "SAMPLER_DEFAULT_ETA",
-    "SAMPLER_DEFAULT_SCHEDULE",
-    "SAMPLER_FNS",
-    "SAMPLER_NEEDS_UNCOND",
-    "step_noise",
-]
 
 
 @jax.jit
@@ -96,7 +68,7 @@ def sample_euler(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """Euler's method on the probability-flow ODE (deterministic)."""
     n = len(sigmas) - 1
@@ -133,10 +105,10 @@ def sample_euler_ancestral(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """Ancestral Euler: each step overshoots to sigma_down, then adds noise back up."""
-    return _sample_ancestral(model, x, sigmas, keys, callback, resolve_eta(eta, 1.0))
+    return _sample_ancestral(model, x, sigmas, keys, callback, eta)
 
 
 def sample_ddim_trailing(
@@ -145,16 +117,16 @@ def sample_ddim_trailing(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """DDIM (Song et al. 2020) on the given sigmas; with the "simple" schedule its timesteps
     are the "trailing" spacing of Lin et al. 2023.
 
     In k-diffusion's parameterisation DDIM with eta is exactly ancestral Euler with the same
     eta (its variance is sigma_up**2, its direction term sigma_down), which is also how
-    stable-diffusion.cpp runs it. eta defaults to 0: deterministic DDIM.
+    stable-diffusion.cpp runs it. Its registry default eta is 0: deterministic DDIM.
     """
-    return _sample_ancestral(model, x, sigmas, keys, callback, resolve_eta(eta, 0.0))
+    return _sample_ancestral(model, x, sigmas, keys, callback, eta)
 
 
 def _sample_euler_cfg_pp(
@@ -186,7 +158,7 @@ def sample_euler_cfg_pp(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """Euler CFG++: x_next = denoised + sigma_next * (x - denoised_uncond) / sigma."""
     return _sample_euler_cfg_pp(model, x, sigmas, keys, callback, 0.0)
@@ -198,59 +170,7 @@ def sample_euler_ancestral_cfg_pp(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """Ancestral Euler CFG++: the CFG++ move to sigma_down, then noise of sigma_up."""
-    return _sample_euler_cfg_pp(model, x, sigmas, keys, callback, resolve_eta(eta, 1.0))
-
-
-# The single registry of samplers, in stable-diffusion.cpp's order and spelling.
-SAMPLER_FNS: dict[str, SamplerFn] = {
-    "euler": sample_euler,
-    "euler_a": sample_euler_ancestral,
-    "heun": sample_heun,
-    "dpm2": sample_dpm2,
-    "dpm++2s_a": sample_dpmpp_2s_ancestral,
-    "dpm++2m": sample_dpmpp_2m,
-    "dpm++2mv2": sample_dpmpp_2m_v2,
-    "ipndm": sample_ipndm,
-    "ipndm_v": sample_ipndm_v,
-    "lcm": sample_lcm,
-    "ddim_trailing": sample_ddim_trailing,
-    "tcd": sample_tcd,
-    "res_multistep": sample_res_multistep,
-    "res_2s": sample_res_2s,
-    "er_sde": sample_er_sde,
-    "euler_cfg_pp": sample_euler_cfg_pp,
-    "euler_a_cfg_pp": sample_euler_ancestral_cfg_pp,
-    "euler_ge": sample_euler_ge,
-    "dpm++2m_sde": sample_dpmpp_2m_sde,
-    "dpm++2m_sde_bt": sample_dpmpp_2m_sde_bt,
-    "lms": sample_lms,
-}
-
-# Samplers that call model(x, sigma, return_uncond=True) -> (denoised, denoised_uncond).
-SAMPLER_NEEDS_UNCOND: frozenset[str] = frozenset({"euler_cfg_pp", "euler_a_cfg_pp"})
-
-# eta used when the request leaves it unset; samplers not listed ignore eta.
-SAMPLER_DEFAULT_ETA: dict[str, float] = {
-    "euler_a": 1.0,
-    "dpm++2s_a": 1.0,
-    "ddim_trailing": 0.0,
-    "tcd": 0.3,
-    "res_multistep": 0.0,
-    "res_2s": 0.0,
-    "er_sde": 1.0,
-    "euler_a_cfg_pp": 1.0,
-    "euler_ge": 0.0,
-    "dpm++2m_sde": 1.0,
-    "dpm++2m_sde_bt": 1.0,
-}
-
-# Schedule to use when the client asks for the default one with these samplers (as
-# stable-diffusion.cpp does); every other sampler uses the pipeline's own default.
-SAMPLER_DEFAULT_SCHEDULE: dict[str, str] = {
-    "lcm": "lcm",
-    "tcd": "lcm",
-    "ddim_trailing": "simple",
-}
+    return _sample_euler_cfg_pp(model, x, sigmas, keys, callback, eta)

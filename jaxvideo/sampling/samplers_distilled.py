@@ -16,7 +16,6 @@ from jaxvideo.sampling.sampler_base import (
     StepCallback,
     lincomb,
     report,
-    resolve_eta,
     step_noise,
     to_d,
 )
@@ -29,7 +28,7 @@ def sample_lcm(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """Latent Consistency Model sampling: denoise, then fresh noise at the next sigma."""
     n = len(sigmas) - 1
@@ -48,7 +47,7 @@ def sample_tcd(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
     *,
     schedule: TrainingSchedule | None = None,
 ) -> jax.Array:
@@ -60,7 +59,6 @@ def sample_tcd(
     as the training timestep nearest sigma_next; `schedule` supplies the training alphas
     (default: SD's scaled-linear betas, shared by SD 1.x, 2.x and XL).
     """
-    eta = resolve_eta(eta, 0.3)
     schedule = schedule or TrainingSchedule()
     train_sigmas = schedule.sigmas().astype(np.float64)
     alphas_cumprod = schedule.alphas_cumprod()

@@ -19,7 +19,6 @@ from jaxvideo.sampling.sampler_base import (
     ancestral_step,
     lincomb,
     report,
-    resolve_eta,
     step_noise,
     to_d,
 )
@@ -39,10 +38,9 @@ def sample_dpmpp_2s_ancestral(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """DPM-Solver++(2S) with ancestral noise: a midpoint evaluation in lambda, then noise."""
-    eta = resolve_eta(eta, 1.0)
     n = len(sigmas) - 1
     for i in range(n):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
@@ -101,7 +99,7 @@ def sample_dpmpp_2m(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """DPM-Solver++(2M) (Lu et al. 2022), first order on the first and last steps."""
     return _sample_dpmpp_2m(model, x, sigmas, callback, v2=False)
@@ -113,7 +111,7 @@ def sample_dpmpp_2m_v2(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """stable-diffusion.cpp's modified DPM++(2M) ("dpm++2mv2")."""
     return _sample_dpmpp_2m(model, x, sigmas, callback, v2=True)
@@ -168,10 +166,9 @@ def sample_dpmpp_2m_sde(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """DPM-Solver++(2M) SDE, midpoint variant; fresh per-step noise. eta=0 gives dpm++2m."""
-    eta = resolve_eta(eta, 1.0)
     return _sample_dpmpp_2m_sde(model, x, sigmas, keys, callback, eta, brownian=False)
 
 
@@ -181,10 +178,9 @@ def sample_dpmpp_2m_sde_bt(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """DPM-Solver++(2M) SDE with Brownian-tree noise: stable as the step count changes."""
-    eta = resolve_eta(eta, 1.0)
     return _sample_dpmpp_2m_sde(model, x, sigmas, keys, callback, eta, brownian=True)
 
 
@@ -194,13 +190,12 @@ def sample_res_multistep(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """RES multistep (ComfyUI / stable-diffusion.cpp): second-order exponential Adams step.
 
     eta > 0 makes it ancestral (default 0).
     """
-    eta = resolve_eta(eta, 0.0)
     old_denoised, old_sigma_down = None, None
     n = len(sigmas) - 1
     for i in range(n):
@@ -231,10 +226,9 @@ def sample_res_2s(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """RES 2s: two-stage exponential Runge-Kutta (c2 = 1/2). eta > 0 adds ancestral noise."""
-    eta = resolve_eta(eta, 0.0)
     c2 = 0.5
     n = len(sigmas) - 1
     for i in range(n):
@@ -269,7 +263,7 @@ def sample_er_sde(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
     max_stage: int = 3,
 ) -> jax.Array:
     """Extended reverse-time SDE solver, third order (Cui et al. 2023, ER-SDE-Solver-3).
@@ -277,7 +271,6 @@ def sample_er_sde(
     ComfyUI's sample_er_sde for variance-exploding models (lambda = sigma); eta scales the
     injected noise (ComfyUI's s_noise), default 1.
     """
-    eta = resolve_eta(eta, 1.0)
     points = 200
     lambdas = [max(float(s), 1e-6) if s > 0 else 0.0 for s in sigmas]
     old_denoised = old_denoised_d = None

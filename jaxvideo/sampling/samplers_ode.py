@@ -16,7 +16,6 @@ from jaxvideo.sampling.sampler_base import (
     ancestral_step,
     lincomb,
     report,
-    resolve_eta,
     step_noise,
     to_d,
 )
@@ -28,7 +27,7 @@ def sample_heun(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """Heun's method (Karras et al. 2022, Algorithm 1 without churn); Euler on the last step."""
     n = len(sigmas) - 1
@@ -52,7 +51,7 @@ def sample_dpm2(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """DPM-Solver-2 in k-diffusion's form: the derivative taken at the log-midpoint sigma."""
     n = len(sigmas) - 1
@@ -112,7 +111,7 @@ def sample_ipndm(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """Improved PNDM: Adams-Bashforth up to fourth order on the stored derivatives."""
     return _sample_ipndm(model, x, sigmas, callback, variable_step=False)
@@ -124,7 +123,7 @@ def sample_ipndm_v(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """iPNDM with the variable-step second-order formula of stable-diffusion.cpp."""
     return _sample_ipndm(model, x, sigmas, callback, variable_step=True)
@@ -150,7 +149,7 @@ def sample_lms(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
     order: int = 4,
 ) -> jax.Array:
     """Linear multistep (k-diffusion sample_lms): polynomial extrapolation of d in sigma."""
@@ -173,7 +172,7 @@ def sample_euler_ge(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
     ge_gamma: float = 2.0,
 ) -> jax.Array:
     """Gradient-estimation Euler (Permenter & Yuan 2024): d_bar = gamma*d + (1-gamma)*d_prev.
@@ -181,7 +180,6 @@ def sample_euler_ge(
     As stable-diffusion.cpp: the last step lands on the denoised prediction, and eta > 0 makes
     it ancestral (default 0, deterministic).
     """
-    eta = resolve_eta(eta, 0.0)
     old_d = None
     n = len(sigmas) - 1
     for i in range(n):

@@ -100,7 +100,7 @@ def sample_unipc(
     sigmas: np.ndarray,
     keys: jax.Array,
     callback: StepCallback | None = None,
-    eta: float | None = None,
+    eta: float = 0.0,
 ) -> jax.Array:
     """UniPC-2 (bh2, data prediction) for flow models; deterministic, eta is ignored.
 

@@ -109,14 +109,14 @@ def _from_table(table: np.ndarray, steps: int) -> np.ndarray:
     return np.asarray(table[:steps], dtype=np.float64)  # the table's last entry becomes the 0
 
 
-def ays(schedule: TrainingSchedule, steps: int, family: str = "sd1") -> np.ndarray:
-    """Align Your Steps: the 10-step table of the model family, interpolated to `steps`.
-
-    family is "sd1" (SD 1.x/2.x), "sdxl" or "svd"; the tables assume SD's training sigmas.
+def ays(schedule: TrainingSchedule, steps: int, table: str = "sd1") -> np.ndarray:
+    """Align Your Steps: the published 10-step table for a kind of model, interpolated to
+    `steps`. `table` is "sd1" (SD 1.x/2.x), "sdxl" or "svd" (a family's `ays_table`); the
+    tables assume SD's training sigmas.
     """
-    if family not in AYS_NOISE_LEVELS:
-        raise ValueError(f"unknown AYS family {family!r}; one of {', '.join(AYS_NOISE_LEVELS)}")
-    return _from_table(np.array(AYS_NOISE_LEVELS[family]), steps)
+    if table not in AYS_NOISE_LEVELS:
+        raise ValueError(f"unknown AYS table {table!r}; one of {', '.join(AYS_NOISE_LEVELS)}")
+    return _from_table(np.array(AYS_NOISE_LEVELS[table]), steps)
 
 
 def gits(schedule: TrainingSchedule, steps: int) -> np.ndarray:

@@ -1,21 +1,20 @@
 """Noise schedules: the training betas of a model and the sigma sequence a sampler walks.
 
 Everything here is small host-side numpy (float64, handed to JAX as float32). Sigmas follow the
-k-diffusion convention: x_t = x_0 + sigma * noise, descending, with a final 0. A schedule
-function returns the `steps` positive sigmas; make_sigmas appends the 0. Names follow
-stable-diffusion.cpp; timestep-based schedules evaluate the model's own training sigmas.
+k-diffusion convention: x_t = x_0 + sigma * noise, descending. A schedule function returns the
+`steps` positive sigmas (`sigmas.make_sigmas` appends the final 0). Names follow
+stable-diffusion.cpp (the registry lists them; schedule_tables.py holds the table-based ones);
+timestep-based schedules evaluate the model's own training sigmas.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from jaxvideo.sampling.schedule_tables import ays, bong_tangent, gits
 
 
 @dataclass(frozen=True)
@@ -198,64 +197,6 @@ def beta(schedule: TrainingSchedule, steps: int, a: float = 0.6, b: float = 0.6)
     """
     quantiles = beta_ppf(1.0 - np.arange(steps) / steps, a, b)
     return schedule.t_to_sigma(quantiles * (schedule.num_train_timesteps - 1))
-
-
-SCHEDULE_FNS: dict[str, Callable[..., np.ndarray]] = {
-    "discrete": discrete,
-    "karras": karras,
-    "exponential": exponential,
-    "ays": ays,
-    "gits": gits,
-    "sgm_uniform": sgm_uniform,
-    "simple": simple,
-    "smoothstep": smoothstep,
-    "kl_optimal": kl_optimal,
-    "lcm": lcm,
-    "bong_tangent": bong_tangent,
-    "beta": beta,
-}
-
-# Alternative spellings clients send, resolved before lookup.
-SCHEDULER_ALIASES = {"normal": "discrete", "default": None, "automatic": None}
-
-
-def make_sigmas(
-    schedule: TrainingSchedule, scheduler: str, steps: int, **options: Any
-) -> np.ndarray:
-    """`steps` descending sigmas followed by a final 0 (length steps + 1), as float32.
-
-    `options` go to the schedule function, e.g. family="sdxl" for "ays".
-    """
-    if steps < 1:
-        raise ValueError("steps must be at least 1")
-    fn = SCHEDULE_FNS[SCHEDULER_ALIASES.get(scheduler) or scheduler]
-    sigmas = np.asarray(fn(schedule, steps, **options), dtype=np.float64)
-    return np.concatenate([sigmas, [0.0]]).astype(np.float32)
-
-
-def custom_sigmas(values: Any) -> np.ndarray:
-    """Client-given sigmas checked for a sampler: finite, >= 0, strictly descending, ending in 0.
-
-    A final 0 is appended when the last value is not 0; raises ValueError otherwise.
-    """
-    try:
-        sigmas = np.asarray(values, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as e:
-        raise ValueError("custom sigmas must be a list of numbers") from e
-    if sigmas.size == 0:
-        raise ValueError("custom sigmas must not be empty")
-    if not np.all(np.isfinite(sigmas)):
-        raise ValueError("custom sigmas must be finite")
-    if np.any(sigmas < 0):
-        raise ValueError("custom sigmas must not be negative")
-    if sigmas[-1] != 0:
-        sigmas = np.append(sigmas, 0.0)
-    if sigmas.size < 2:
-        raise ValueError("custom sigmas need at least one positive value")
-    sigmas = sigmas.astype(np.float32)  # checked as the samplers will see them
-    if np.any(np.diff(sigmas) >= 0):
-        raise ValueError("custom sigmas must be strictly descending")
-    return sigmas
 
 
 @dataclass(frozen=True)

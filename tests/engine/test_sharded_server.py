@@ -17,7 +17,8 @@ from PIL import Image, ImageSequence
 from tests.support.serving import serve
 
 # Each mesh costs a server start and its compilations (about a minute on 2 cores), so two
-# meshes cover the four axes; tests/engine/test_sharding.py checks fsdp x tensor placement in-process.
+# meshes cover the four axes; tests/engine/test_sharding.py checks fsdp x tensor placement
+# in-process.
 MESHES = {
     "data2-tensor4": {"data": 2, "tensor": 4},
     "fsdp2-context4": {"fsdp": 2, "context": 4},

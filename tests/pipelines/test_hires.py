@@ -5,7 +5,6 @@ import pytest
 
 from jaxvideo.demo import resolve_demo
 from jaxvideo.hires import HiresFix
-from jaxvideo.pipelines.hires import generate_with_hires
 from jaxvideo.pipelines.sd import StableDiffusionPipeline
 from jaxvideo.request import build_request
 
@@ -29,7 +28,7 @@ def run(pipeline, upscaler="latent", strength=0.5, seed=4):
         }
     )
     seen = []
-    result = generate_with_hires(pipeline, req, lambda i, n: seen.append((i, n)))
+    result = pipeline.generate(req, progress=lambda i, n: seen.append((i, n)))
     return result.images[0], seen
 
 

@@ -55,7 +55,7 @@ def test_sd2_v_prediction_matches_diffusers(tmp_path):
         requires_safety_checker=False,
     )
     ours = JaxPipeline(tiny_sd.save_and_convert(pipe, tmp_path))
-    assert ours.family == "sd2" and ours.schedule.prediction_type == "v_prediction"
+    assert ours.family.name == "sd2" and ours.schedule.prediction_type == "v_prediction"
     req = request(negative_prompt="blurry")
     noise, keys = ours.initial_noise(req)
     pixels = ours.sample(noise, keys, req)
@@ -76,7 +76,7 @@ def test_sd2_v_prediction_matches_diffusers(tmp_path):
 def test_sdxl_matches_diffusers(tmp_path, negative_prompt):
     pipe = StableDiffusionXLPipeline(**tiny_sd.components(tmp_path, "sdxl"), add_watermarker=False)
     ours = JaxPipeline(tiny_sd.save_and_convert(pipe, tmp_path))
-    assert ours.family == "sdxl"
+    assert ours.family.name == "sdxl"
     req = request(negative_prompt=negative_prompt)
     noise, keys = ours.initial_noise(req)
     pixels = ours.sample(noise, keys, req)
@@ -180,8 +180,6 @@ def test_mask_blending_keeps_the_unmasked_region(tmp_path):
 def test_sdxl_base_then_refiner_matches_diffusers_ensemble_of_experts(tmp_path):
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
-    from jaxvideo.pipelines.refine import generate_with_refiner
-
     base = StableDiffusionXLPipeline(
         **tiny_sd.components(tmp_path / "base", "sdxl"), add_watermarker=False
     )
@@ -210,11 +208,11 @@ def test_sdxl_base_then_refiner_matches_diffusers_ensemble_of_experts(tmp_path):
     )
     ours_base = JaxPipeline(tiny_sd.save_and_convert(base, tmp_path / "base"))
     ours_refiner = JaxPipeline(tiny_sd.save_and_convert(refiner, tmp_path / "refiner"))
-    assert ours_refiner.family == "sdxl_refiner"
+    assert ours_refiner.family.name == "sdxl_refiner"
 
     req = request(steps=10, refiner="refiner", refiner_switch=0.6)
     noise, _ = ours_base.initial_noise(req)
-    ours = generate_with_refiner(ours_base, ours_refiner, req).images[0]
+    ours = ours_base.generate(req, refiner=ours_refiner).images[0]
     latents = base(
         prompt=req.prompt,
         height=SIZE,

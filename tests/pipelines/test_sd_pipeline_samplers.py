@@ -6,7 +6,7 @@ import pytest
 from jaxvideo.demo import resolve_demo
 from jaxvideo.pipelines.sd import StableDiffusionPipeline
 from jaxvideo.request import build_request
-from jaxvideo.sampling import SAMPLERS, SCHEDULERS
+from tests.support.sampling import SAMPLERS, SCHEDULERS
 
 
 @pytest.fixture(scope="module")

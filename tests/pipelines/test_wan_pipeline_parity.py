@@ -119,7 +119,7 @@ def test_frame_count_rounds_down_to_4n_plus_1():
 
 def test_two_experts_switch_at_the_boundary_like_diffusers(tmp_path_factory):
     pipe, ours = _converted(tmp_path_factory, "moe")
-    assert ours.family == "wan22" and ours.boundary_ratio == 0.875
+    assert ours.family.name == "wan22" and ours.boundary_ratio == 0.875
     req = _request(steps=6, guidance_scale=4.0, guidance_scale_2=3.0)
     result = ours.generate(req)
     reference = _frames(pipe, req, ours, FRAMES, guidance_scale_2=3.0)

@@ -13,15 +13,15 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from scipy import stats
 
-from jaxvideo.sampling import SAMPLER_FNS, step_noise
-from jaxvideo.sampling.flow import (
+from jaxvideo.sampling import flow_sigmas
+from jaxvideo.sampling.flow_schedules import flow_timestep, time_shift
+from jaxvideo.sampling.sampler_base import step_noise
+from tests.support.sampling import (
     FLOW_SAMPLER_DEFAULT,
     FLOW_SAMPLER_DEFAULT_ETA,
     FLOW_SAMPLER_FNS,
     FLOW_SCHEDULES,
-    flow_sigmas,
-    flow_timestep,
-    time_shift,
+    SAMPLER_FNS,
 )
 
 DIM = 16

@@ -11,20 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from jaxvideo.sampling import (
+from jaxvideo.sampling import TrainingSchedule, make_sigmas
+from jaxvideo.sampling.brownian import BrownianTreeNoise
+from jaxvideo.sampling.sampler_base import step_noise
+from tests.support.sampler_references import REFERENCES
+from tests.support.sampling import (
     SAMPLER_DEFAULT_ETA,
     SAMPLER_DEFAULT_SCHEDULE,
     SAMPLER_FNS,
     SAMPLER_NEEDS_UNCOND,
     SAMPLERS,
-    SCHEDULE_FNS,
     SCHEDULERS,
-    TrainingSchedule,
-    make_sigmas,
-    step_noise,
 )
-from jaxvideo.sampling.brownian import BrownianTreeNoise
-from tests.support.sampler_references import REFERENCES
 
 SD = TrainingSchedule()  # SD 1.x: scaled_linear 0.00085..0.012 over 1000 steps
 # One latent shape throughout (big enough for variance checks): on CPU the compiles are the cost.
@@ -84,7 +82,7 @@ def test_registry_has_stable_diffusion_cpp_names():
     assert SAMPLERS == SDCPP_SAMPLERS
     assert set(SAMPLERS) >= SAMPLER_NEEDS_UNCOND
     assert set(SAMPLER_DEFAULT_ETA) <= set(SAMPLERS)
-    assert set(SAMPLER_DEFAULT_SCHEDULE.values()) <= set(SCHEDULE_FNS)
+    assert set(SAMPLER_DEFAULT_SCHEDULE.values()) <= set(SCHEDULERS)
     assert SAMPLER_DEFAULT_SCHEDULE == {"lcm": "lcm", "tcd": "lcm", "ddim_trailing": "simple"}
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
-from jaxvideo.sampling import SAMPLER_FNS, SCHEDULERS, TrainingSchedule, make_sigmas
+from jaxvideo.sampling import TrainingSchedule, make_sigmas
+from tests.support.sampling import SAMPLER_FNS, SCHEDULERS
 
 SD_SCHEDULE = TrainingSchedule()  # SD 1.x: scaled_linear 0.00085..0.012 over 1000 steps
 
@@ -249,10 +250,10 @@ def test_ays_is_the_published_table_log_linearly_stretched():
         rtol=1e-5,
     )
     np.testing.assert_allclose(
-        make_sigmas(SD_SCHEDULE, "ays", 10, family="sdxl")[:-1], sdxl[:-1], rtol=1e-6
+        make_sigmas(SD_SCHEDULE, "ays", 10, table="sdxl")[:-1], sdxl[:-1], rtol=1e-6
     )
-    with pytest.raises(ValueError, match="family"):
-        make_sigmas(SD_SCHEDULE, "ays", 10, family="flux")
+    with pytest.raises(ValueError, match="AYS table"):
+        make_sigmas(SD_SCHEDULE, "ays", 10, table="flux")
 
 
 def test_gits_uses_its_optimised_rows_up_to_20_steps():

@@ -57,7 +57,7 @@ INPUT_PICTURE = "first.png"  # <input_dir>/first.png, 64x64
 
 
 def write_tiny_lora(path: Path, seed: int = 0, rank: int = 4) -> None:
-    """A kohya-format LoRA for the demo UNet (jaxvideo.demo.sd1_tiny_configs): every attention
+    """A kohya-format LoRA for the demo UNet (jaxvideo.demo_sd.sd1_tiny_configs): every attention
     projection of the first down block's transformer, whose width is 32 (block_out_channels
     (32, 64)); cross-attention keys/values read the 32-wide text context. The updates are
     large on purpose, so a LoRA visibly changes even a 2-step image of random weights."""

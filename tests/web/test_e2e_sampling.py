@@ -13,7 +13,7 @@ import numpy as np
 import openai
 from PIL import Image
 
-from jaxvideo.sampling import SAMPLERS, SCHEDULERS
+from tests.support.sampling import SAMPLERS, SCHEDULERS
 
 TERMINAL = ("completed", "failed", "cancelled")
 

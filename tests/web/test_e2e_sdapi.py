@@ -9,8 +9,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from jaxvideo.sampling import SAMPLERS, SCHEDULERS
-from webapp.sampler_names import DISPLAY_NAMES
+from tests.support.sampling import SAMPLERS, SCHEDULERS
+from webapp.core.names import display_name
 
 
 def txt2img(server, **body):
@@ -68,7 +68,7 @@ def test_discovery_endpoints(server):
     } in samplers
     # Every sampler the engine has, once, under its A1111 display name, native name first.
     assert [s["aliases"][0] for s in samplers] == list(SAMPLERS)
-    assert [s["name"] for s in samplers] == [DISPLAY_NAMES[s] for s in SAMPLERS]
+    assert [s["name"] for s in samplers] == [display_name(s) for s in SAMPLERS]
     assert len({s["name"] for s in samplers}) == len(SAMPLERS) == 21
     schedulers = server.get("/sdapi/v1/schedulers").json()
     assert [s["name"] for s in schedulers] == ["automatic", *SCHEDULERS]

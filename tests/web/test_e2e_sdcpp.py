@@ -7,7 +7,7 @@ import io
 
 from PIL import Image
 
-from jaxvideo.sampling import SAMPLERS, SCHEDULERS
+from tests.support.sampling import SAMPLERS, SCHEDULERS
 
 SLOW = {"width": 256, "height": 256}  # slow enough on CPU to watch a job generate
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from jaxvideo.config import ServerConfig
-from webapp.errors import ApiError
-from webapp.images import decode_image, fit_size
+from webapp.core.errors import ApiError
+from webapp.core.images import decode_image, fit_size
 
 LIMITS = ServerConfig(output_dir="/tmp", min_width=64, max_width=128, min_height=64, max_height=96)
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from jaxvideo.errors import Cancelled, InvalidRequest
-from webapp.jobs import (
+from webapp.core.jobs import (
     INTERRUPTED,
     SKIPPED,
     JobExists,

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from jaxvideo.errors import Cancelled, InvalidRequest
-from webapp.jobs import INTERRUPTED, Batch, JobTable
+from webapp.core.jobs import INTERRUPTED, Batch, JobTable
 
 
 @pytest.fixture

@@ -7,23 +7,25 @@ from marshmallow import EXCLUDE
 
 from jaxvideo.config import ServerConfig
 from jaxvideo.request import build_request
-from webapp import a1111
-from webapp.errors import ApiError
-from webapp.schemas.common import load
-from webapp.schemas.openai import ImageGenerationSchema
-from webapp.schemas.sdapi import Txt2ImgSchema
-from webapp.schemas.sdcpp import ImgGenSchema
-from webapp.translate import (
-    Capabilities,
-    check_request,
-    extract_extra_args,
-    openai_fields,
-    parse_size,
-    sdcpp_fields,
-)
+from jaxvideo.results import ModelInfo
+from webapp.core import names as a1111
+from webapp.core.capabilities import Capabilities
+from webapp.core.checks import check_request
+from webapp.core.errors import ApiError
+from webapp.core.infotext import infotext, infotext_params
+from webapp.core.schemas import load
+from webapp.openai.schemas import ImageGenerationSchema
+from webapp.openai.translate import openai_fields, parse_size
+from webapp.sdapi.schemas import Txt2ImgSchema
+from webapp.sdapi.translate import sdapi_fields
+from webapp.sdcpp.schemas import ImgGenSchema
+from webapp.sdcpp.translate import extract_extra_args, sdcpp_fields
 
 CAPS = Capabilities(("euler", "euler_a"), ("discrete", "karras"), ServerConfig(output_dir="/tmp"))
 FAMILY = {"width": 512, "height": 512, "steps": 20, "guidance_scale": 7.0, "sampler": "euler_a"}
+# A served SD model knowing the samplers and schedules of CAPS.
+MODEL = ModelInfo("sd", "sd1", "/models/sd", ("img_gen",), 0, samplers=CAPS.samplers,
+                  schedulers=CAPS.schedulers)  # fmt: skip
 
 
 def openai(body):
@@ -31,7 +33,7 @@ def openai(body):
 
 
 def sdapi(body):
-    return a1111.sdapi_fields(load(Txt2ImgSchema(), body, unknown=EXCLUDE), CAPS)
+    return sdapi_fields(load(Txt2ImgSchema(), body, unknown=EXCLUDE), CAPS)
 
 
 def sdcpp(body):
@@ -253,7 +255,7 @@ def test_sdapi_rejects_wrong_types_lora_and_too_many_images():
 
 
 def test_infotext_follows_the_a1111_layout():
-    params = a1111.infotext_params(
+    params = infotext_params(
         steps=8,
         sampler="euler_a",
         scheduler="discrete",
@@ -266,7 +268,7 @@ def test_infotext_follows_the_a1111_layout():
         clip_skip=-1,
         version="jaxvideo 0.1.0",
     )
-    assert a1111.infotext("a cat", "blurry", params) == (
+    assert infotext("a cat", "blurry", params) == (
         "a cat\nNegative prompt: blurry\nSteps: 8, Sampler: Euler a, Schedule type: Automatic, "
         "CFG scale: 7, Seed: 123, Size: 64x64, Model: sd1-tiny-demo, Version: jaxvideo 0.1.0"
     )
@@ -365,7 +367,7 @@ def test_sdcpp_unknown_sampler_lists_the_valid_ones():
 
 def test_merged_requests_are_checked_against_the_configured_limits():
     def check(**fields):
-        check_request(build_request(fields, None, FAMILY), CAPS, {"width": "size"})
+        check_request(build_request(fields, None, FAMILY), MODEL, CAPS, {"width": "size"})
 
     check(width=64, height=2048)
     assert rejects(check, width=100).message.endswith("multiple of 8, got 100")

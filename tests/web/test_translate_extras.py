@@ -11,19 +11,24 @@ from marshmallow import EXCLUDE
 
 from jaxvideo.config import ServerConfig
 from jaxvideo.request import build_request
-from jaxvideo.sampling import SAMPLERS, SCHEDULERS
-from jaxvideo.sampling.flow import FLOW_SAMPLER_FNS, FLOW_SCHEDULES
+from jaxvideo.results import ModelInfo
+from jaxvideo.sampling import SAMPLER_SPECS, SCHEDULE_SPECS
 from jaxvideo.tiling import VaeTiling
-from webapp import a1111
-from webapp.errors import ApiError
-from webapp.lora_fields import MAX_LORAS, available_loras, check_high_noise
-from webapp.sampler_names import DISPLAY_NAMES, SCHEDULER_LABELS
-from webapp.schemas.common import load
-from webapp.schemas.openai import ImageGenerationSchema
-from webapp.schemas.sdapi import Txt2ImgSchema
-from webapp.schemas.sdcpp import ImgGenSchema
-from webapp.tiling_fields import TilingRequest, resolve_tiling
-from webapp.translate import Capabilities, openai_fields, sdcpp_fields
+from tests.support.sampling import FLOW_SAMPLERS, FLOW_SCHEDULES, SAMPLERS, SCHEDULERS
+from webapp.core import names as a1111
+from webapp.core.capabilities import Capabilities
+from webapp.core.checks import check_high_noise
+from webapp.core.errors import ApiError
+from webapp.core.loras import MAX_LORAS, available_loras
+from webapp.core.names import display_name, scheduler_label
+from webapp.core.schemas import load
+from webapp.core.tiling import TilingRequest, resolve_tiling
+from webapp.openai.schemas import ImageGenerationSchema
+from webapp.openai.translate import openai_fields
+from webapp.sdapi.schemas import Txt2ImgSchema
+from webapp.sdapi.translate import sdapi_fields
+from webapp.sdcpp.schemas import ImgGenSchema
+from webapp.sdcpp.translate import sdcpp_fields
 
 
 @pytest.fixture
@@ -47,7 +52,7 @@ def sdcpp(body, lora_dir=None):
 
 
 def sdapi(body, lora_dir=None):
-    return a1111.sdapi_fields(load(Txt2ImgSchema(), body, unknown=EXCLUDE), caps(lora_dir))[0]
+    return sdapi_fields(load(Txt2ImgSchema(), body, unknown=EXCLUDE), caps(lora_dir))[0]
 
 
 def openai(body, lora_dir=None):
@@ -72,17 +77,19 @@ def test_every_native_sampler_and_schedule_is_accepted_on_every_surface():
     for sampler in SAMPLERS:
         assert sdcpp({"sample_params": {"sample_method": sampler}})["sampler"] == sampler
         assert sdapi({"prompt": "p", "sampler_name": sampler})["sampler"] == sampler
-        assert sdapi({"prompt": "p", "sampler_name": DISPLAY_NAMES[sampler]})["sampler"] == sampler
+        assert sdapi({"prompt": "p", "sampler_name": display_name(sampler)})["sampler"] == sampler
         assert openai({"prompt": "p", "sampler": sampler})["sampler"] == sampler
     for schedule in SCHEDULERS:
         assert sdcpp({"sample_params": {"scheduler": schedule}})["scheduler"] == schedule
         assert sdapi({"prompt": "p", "scheduler": schedule})["scheduler"] == schedule
-        label = SCHEDULER_LABELS[schedule]
+        label = scheduler_label(schedule)
         assert sdapi({"prompt": "p", "scheduler": label})["scheduler"] == schedule
         assert openai({"prompt": "p", "scheduler": label})["scheduler"] == schedule
     # Every sampler has an A1111 display name, the flow-only ones (Wan's UniPC) included.
-    assert set(DISPLAY_NAMES) == set(SAMPLERS) | set(FLOW_SAMPLER_FNS)
-    assert set(SCHEDULER_LABELS) == set(SCHEDULERS) | set(FLOW_SCHEDULES)
+    assert set(SAMPLER_SPECS) == set(SAMPLERS) | set(FLOW_SAMPLERS)
+    assert all(spec.display for spec in SAMPLER_SPECS.values())
+    assert set(SCHEDULE_SPECS) == set(SCHEDULERS) | set(FLOW_SCHEDULES)
+    assert all(spec.label for spec in SCHEDULE_SPECS.values())
 
 
 @pytest.mark.parametrize(
@@ -229,9 +236,11 @@ def test_lora_count_types_and_high_noise(lora_dir):
         "lora[0].multiplier"
     )
     loras = sdcpp({"lora": [{"path": "ink"}, {"path": "ink", "is_high_noise": True}]}, lora_dir)
-    err = rejects(check_high_noise, loras["loras"], "sd1-tiny", "sd1", "sd_cpp_extra_args.lora")
+    sd = ModelInfo("sd1-tiny", "sd1", "/m/sd", ("img_gen",), 0)
+    err = rejects(check_high_noise, loras["loras"], sd, "sd_cpp_extra_args.lora")
     assert err.param == "sd_cpp_extra_args.lora[1].is_high_noise" and "Wan 2.2" in err.message
-    check_high_noise(loras["loras"], "wan", "wan22")  # a two-expert model takes them
+    wan = ModelInfo("wan", "wan22", "/m/wan", ("vid_gen",), 0)
+    check_high_noise(loras["loras"], wan)  # a two-expert model takes them
 
 
 # -- VAE tiling and custom sigmas -------------------------------------------------------------

@@ -13,13 +13,16 @@ from PIL import Image
 
 from jaxvideo.config import ServerConfig
 from jaxvideo.request import build_request
-from webapp import a1111
-from webapp.edits import EditUpload, edit_fields
-from webapp.errors import ApiError
-from webapp.schemas.common import load
-from webapp.schemas.sdapi import Img2ImgSchema
-from webapp.schemas.sdcpp import ImgGenSchema
-from webapp.translate import Capabilities, image_fields, openai_fields, sdcpp_fields
+from webapp.core.capabilities import Capabilities
+from webapp.core.errors import ApiError
+from webapp.core.schemas import load
+from webapp.core.service import init_image_size as image_fields
+from webapp.openai.edits import EditUpload, edit_fields
+from webapp.openai.translate import openai_fields
+from webapp.sdapi.schemas import Img2ImgSchema
+from webapp.sdapi.translate import sdapi_fields
+from webapp.sdcpp.schemas import ImgGenSchema
+from webapp.sdcpp.translate import sdcpp_fields
 
 CAPS = Capabilities(
     ("euler", "euler_a"),
@@ -44,7 +47,7 @@ MASK[:, :50] = 255
 
 
 def sdapi(body):
-    return a1111.sdapi_fields(load(Img2ImgSchema(), body, unknown=EXCLUDE), CAPS, img2img=True)
+    return sdapi_fields(load(Img2ImgSchema(), body, unknown=EXCLUDE), CAPS, img2img=True)
 
 
 def sdcpp(body):
@@ -147,7 +150,7 @@ def test_sdapi_outer_images_win_over_the_block_but_its_strength_applies():
 
 
 def test_txt2img_can_take_an_init_image_through_the_block():
-    fields, _ = a1111.sdapi_fields({"prompt": "p " + block({"init_image": b64(INIT)})}, CAPS)
+    fields, _ = sdapi_fields({"prompt": "p " + block({"init_image": b64(INIT)})}, CAPS)
     assert np.array_equal(fields["init_image"], INIT)
 
 

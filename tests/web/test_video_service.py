@@ -23,26 +23,22 @@ from PIL import Image
 from jaxvideo.config import ConfigError, ServeConfig, ServerConfig, config_from_dict
 from jaxvideo.continuation import ContinuationState
 from jaxvideo.demo_wan import DEMO_DEFAULTS as WAN_FAMILY
-from jaxvideo.engine import Engine
+from jaxvideo.engine import Engine, PreparedRequest
 from jaxvideo.media import encode_image
 from jaxvideo.request import GenerationRequest, HighNoiseParams
-from jaxvideo.sampling import SAMPLERS, SCHEDULERS
-from jaxvideo.sampling.flow import FLOW_SAMPLER_FNS
+from tests.support.sampling import FLOW_SAMPLERS
 from webapp import create_app
-from webapp.errors import ApiError
-from webapp.jobs import JobTable
-from webapp.schemas.common import load
-from webapp.schemas.openai import VideoGenerationSchema
-from webapp.service import Service
-from webapp.translate import Capabilities
-from webapp.video_fields import (
-    FASTVIDEO_FALLBACK,
-    FASTVIDEO_NAMES,
-    VIDGEN_NAMES,
-    VideoOutput,
-    fastvideo_fields,
-    with_seconds,
-)
+from webapp.core.capabilities import Capabilities
+from webapp.core.errors import ApiError
+from webapp.core.jobs import JobTable
+from webapp.core.outputs import VideoOutput
+from webapp.core.schemas import load
+from webapp.core.service import Service
+from webapp.openai.schemas import VideoGenerationSchema
+from webapp.openai.video_translate import FALLBACK as FASTVIDEO_FALLBACK
+from webapp.openai.video_translate import NAMES as FASTVIDEO_NAMES
+from webapp.openai.video_translate import fastvideo_fields, with_seconds
+from webapp.sdcpp.translate import NAMES as VIDGEN_NAMES
 
 SD_MODEL = {"name": "sd", "family": "sd1", "path": "demo:sd1-tiny"}
 MODELS = [
@@ -56,7 +52,7 @@ SMALL = {"steps": 2, "width": 64, "height": 64, "num_frames": 5}
 LONG_STEPS = 30_000
 POLL_TIMEOUT_S = 180  # a cold start compiles the transformer and the VAE first
 STOP_TIMEOUT_S = 30  # a cancelled job stops at its next step, long before LONG_STEPS could run
-FLOW = tuple(FLOW_SAMPLER_FNS)  # Wan's own samplers
+FLOW = FLOW_SAMPLERS  # Wan's own samplers
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +67,19 @@ def make_service(
     """A Service over the shared engine whose operator layer is `operator` alone."""
     server = ServerConfig(output_dir=str(tmp_path or "/tmp/jaxvideo-test-out"))
     config = ServeConfig(models=engine.config.models, server=server, default_request=operator or {})
-    caps = Capabilities.serving(SAMPLERS, SCHEDULERS, server, engine.models)
+    caps = Capabilities.serving(server, engine.models)
     return Service(config, engine, JobTable(), caps)
 
 
-def openai_request(svc: Service, body: dict) -> GenerationRequest:
+def openai_prepared(svc: Service, body: dict) -> PreparedRequest:
     """What /v1/videos makes of `body` (without queuing it)."""
     parsed = fastvideo_fields(load(VideoGenerationSchema(), body), svc.caps)
     fields = with_seconds(parsed.fields, parsed.seconds, svc.config.default_request)
     return svc.resolve({**fields, "mode": "vid_gen"}, FASTVIDEO_NAMES, FASTVIDEO_FALLBACK)
+
+
+def openai_request(svc: Service, body: dict) -> GenerationRequest:
+    return openai_prepared(svc, body).request
 
 
 def rejects(call, *args, status: int = 400) -> ApiError:
@@ -120,7 +120,7 @@ def test_client_fields_win_even_when_equal_to_a_schema_default(engine):
 def test_the_surface_fallback_fps_sits_between_operator_and_family(engine):
     svc = make_service(engine)
     assert openai_request(svc, {"prompt": "p"}).fps == 24  # FastVideo's hard-coded 24
-    native = svc.resolve({"mode": "vid_gen"}, VIDGEN_NAMES)
+    native = svc.resolve({"mode": "vid_gen"}, VIDGEN_NAMES).request
     assert native.fps == WAN_FAMILY["fps"] == 16  # sd.cpp's surface has no fallback
 
 
@@ -136,9 +136,10 @@ def test_seconds_use_the_effective_fps_and_beat_operator_frames(engine):
 
 def test_queued_jobs_report_the_frames_the_model_will_make(engine, tmp_path):
     svc = make_service(engine, {"fps": 5, "steps": 2}, tmp_path)
-    request = openai_request(svc, {"prompt": "p", "seconds": 2, "size": "64x64"})
+    prepared = openai_prepared(svc, {"prompt": "p", "seconds": 2, "size": "64x64"})
+    request = prepared.request
     assert request.num_frames == 10  # 2 s x 5 fps
-    view = svc.submit_video(request, VideoOutput(), "openai")
+    view = svc.submit_video(prepared, VideoOutput(), "openai")
     assert view.meta.num_frames == 9  # the largest 4n+1 not above 10
     done = svc.jobs.wait(view.id, POLL_TIMEOUT_S)
     assert done.status == "completed", done.error
@@ -178,7 +179,7 @@ def test_no_video_model_is_a_503_that_a_retry_cannot_fix():
 
 def test_images_from_a_wan_model_use_its_own_samplers(engine):
     svc = make_service(engine)
-    request = svc.resolve({"model": "wan", "width": 64, "height": 64})
+    request = svc.resolve({"model": "wan", "width": 64, "height": 64}).request
     assert (request.mode, request.sampler) == ("img_gen", "unipc")
     assert rejects(svc.resolve, {"model": "wan", "sampler": "lcm"}).param == "sampler"
     assert rejects(svc.resolve, {"model": "sd", "sampler": "unipc"}).param == "sampler"
@@ -205,15 +206,15 @@ def test_two_expert_settings_apply_to_wan22_and_are_dropped_on_wan21(engine):
     svc = make_service(engine)
     high = HighNoiseParams(steps=2)
     fields = {"mode": "vid_gen", "high_noise": high, "moe_boundary": 0.8}
-    wan21 = svc.resolve({**fields, "model": "wan"}, VIDGEN_NAMES)
+    wan21 = svc.resolve({**fields, "model": "wan"}, VIDGEN_NAMES).request
     assert (wan21.high_noise, wan21.moe_boundary) == (None, None)
     first = {"init_image": np.zeros((64, 64, 3), np.uint8)}
     wan22 = svc.resolve(
         {**fields, **first, "model": "wan22", "guidance_scale_2": 2.0}, VIDGEN_NAMES
-    )
+    ).request
     assert (wan22.high_noise, wan22.moe_boundary, wan22.guidance_scale_2) == (high, 0.8, 2.0)
     last = {"end_image": np.zeros((64, 64, 3), np.uint8)}
-    wan22 = svc.resolve({"model": "wan22", "mode": "vid_gen", **first, **last})
+    wan22 = svc.resolve({"model": "wan22", "mode": "vid_gen", **first, **last}).request
     assert wan22.end_image is not None
     err = rejects(svc.resolve, {"model": "wan22", "mode": "vid_gen", **last}, VIDGEN_NAMES)
     assert err.param == "init_image" and "send a first frame" in err.message

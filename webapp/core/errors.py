@@ -1,0 +1,146 @@
+"""Error envelopes per API surface, and the app-wide handlers that use them.
+
+The surface is chosen by URL prefix, not by blueprint, because routing errors (404/405) and body
+limits (413) happen before Flask knows which blueprint would have answered. OpenAI routes get
+`{"error": {"message", "type", "code", "param"}}`; sdapi `{"error", "detail"}`; sdcpp
+`{"error", "message"}`; anything else a flat `{"error"}`. Tracebacks are logged, never sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from jaxvideo.errors import InvalidRequest
+from webapp.core.jobs import JobExists, JobExpired, JobNotFound, QueueFull, ShuttingDown
+
+log = logging.getLogger(__name__)
+
+# What a field this server knows but does not implement answers (400, code "unsupported").
+NOT_YET = "not supported by this server yet"
+
+# Statuses the OpenAI SDK retries by default; on every other failure we tell it not to, so a
+# request that cannot succeed is not sent three times.
+_RETRYABLE = frozenset((408, 409, 429, 502, 503, 504))
+
+
+class ApiError(Exception):
+    """An HTTP error answer. `message` is the headline, `detail` the specifics, `param` the
+    offending request field (OpenAI's `param`). `retryable` overrides the status's default
+    for the `x-should-retry` header (a cancelled job must not be sent again)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        detail: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.detail = detail
+        self.code = code
+        self.param = param
+        self.retryable = error_retryable(status) if retryable is None else retryable
+
+
+def error_retryable(status: int) -> bool:
+    return status in _RETRYABLE
+
+
+def invalid(param: str | None, problem: str, code: str = "invalid_value") -> ApiError:
+    """A 400 about one request field: `"<param>: <problem>"`."""
+    message = f"{param}: {problem}" if param else problem
+    return ApiError(400, message, code=code, param=param)
+
+
+def refused(exc: InvalidRequest, names: Mapping[str, str]) -> ApiError:
+    """The library's InvalidRequest as a 400 naming the field as this surface spells it."""
+    field = exc.field
+    return invalid(names.get(field, field) if field else None, str(exc))
+
+
+def surface_of(path: str) -> str:
+    for prefix, surface in (("/v1/", "openai"), ("/sdapi/", "sdapi"), ("/sdcpp/", "sdcpp")):
+        if path.startswith(prefix) or path == prefix.rstrip("/"):
+            return surface
+    return "plain"
+
+
+def error_response(error: ApiError, surface: str | None = None) -> Response:
+    surface = surface or surface_of(request.path)
+    body: dict[str, Any]
+    if surface == "openai":
+        message = f"{error.message}: {error.detail}" if error.detail else error.message
+        kind = "server_error" if error.status >= 500 else "invalid_request_error"
+        body = {
+            "error": {"message": message, "type": kind, "code": error.code, "param": error.param}
+        }
+    else:
+        body = {"error": error.message}
+        if error.detail:
+            body[{"sdapi": "detail", "sdcpp": "message"}.get(surface, "detail")] = error.detail
+    response = jsonify(body)
+    response.status_code = error.status
+    if not error.retryable:
+        response.headers["x-should-retry"] = "false"
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+_HTTP_MESSAGES = {
+    404: ("not found", "not_found"),
+    405: ("method not allowed", "method_not_allowed"),
+    413: ("request body too large", "body_too_large"),
+}
+
+
+def _from_http(exc: HTTPException) -> ApiError:
+    status = exc.code or 500
+    message, code = _HTTP_MESSAGES.get(status, ((exc.name or "error").lower(), None))
+    detail = None
+    if status == 413:
+        limit = request.max_content_length
+        detail = f"the limit is {limit} bytes" if limit else None
+    elif status not in _HTTP_MESSAGES and exc.description:
+        detail = exc.description
+    return ApiError(status, message, detail=detail, code=code)
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Every error, on every route, answers JSON in its surface's envelope."""
+    app.register_error_handler(ApiError, error_response)
+    app.register_error_handler(HTTPException, lambda exc: error_response(_from_http(exc)))
+    app.register_error_handler(
+        QueueFull, lambda exc: error_response(ApiError(429, "job queue is full", code="queue_full"))
+    )
+    app.register_error_handler(
+        ShuttingDown,
+        lambda exc: error_response(ApiError(503, "server is shutting down", code="shutting_down")),
+    )
+    app.register_error_handler(
+        JobNotFound, lambda exc: error_response(ApiError(404, "job not found", code="not_found"))
+    )
+    app.register_error_handler(
+        JobExists,
+        lambda exc: error_response(
+            ApiError(409, "job id already exists", code="job_exists", param="id", retryable=False)
+        ),
+    )
+    app.register_error_handler(
+        JobExpired, lambda exc: error_response(ApiError(410, "job expired", code="expired"))
+    )
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(ApiError(500, "internal server error", code="internal_error"))

@@ -1,0 +1,400 @@
+"""The object every blueprint shares: config, engine, job table, and the jobs built on them.
+
+`resolve` is the one way a surface's translated fields become a request: it picks the model for
+the mode, applies the merge precedence, the request check (limits and model features, which
+name the surface's fields), settles deferred fields and lets the engine `prepare` it (the
+model's `validate`, once). `submit_images` / `submit_video` queue a job that runs
+`Engine.generate` and encodes the frames (PNG/JPEG/WebP; MP4/WebM/WebP/AVI) in the worker
+thread, so a finished job holds ready-to-send bytes; `generate_images` / `generate_video` are
+the synchronous variants (submit, then wait). Image jobs the engine can batch carry its batch
+key, so the worker may run several of them as one `Engine.generate_batch` call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+from flask import current_app
+
+from jaxvideo.config import ConfigError, ServeConfig, ServerConfig
+from jaxvideo.errors import InvalidRequest
+from jaxvideo.media import VIDEO_FORMATS, encode_image, encode_video
+from jaxvideo.request import GenerationRequest, build_request
+from jaxvideo.results import GenerationResult, ModelInfo
+from webapp.core.capabilities import Capabilities
+from webapp.core.checks import check_fields, check_request
+from webapp.core.errors import ApiError, invalid, refused
+from webapp.core.images import fit_size
+from webapp.core.infotext import infotext, infotext_params
+from webapp.core.jobs import (
+    CANCELLED,
+    CANCELLED_BY_SHUTDOWN,
+    COMPLETED,
+    Batch,
+    CancelledFn,
+    JobTable,
+    JobView,
+    ProgressFn,
+    outcome_of,
+)
+from webapp.core.outputs import OutputOptions, VideoOutput
+from webapp.core.references import confined, output_file
+
+if TYPE_CHECKING:  # the engine imports JAX; the web layer only holds one
+    from jaxvideo.engine import Engine, PreparedRequest
+
+
+@runtime_checkable
+class DeferredField(Protocol):
+    """A request field a surface can only finish once the merged size is known (relative VAE
+    tiles, a hires scale): `settle` returns the request with its final value."""
+
+    def settle(self, request: GenerationRequest, limits: ServerConfig) -> GenerationRequest: ...
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    index: int
+    data: bytes
+    seed: int
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """What a video job's surfaces report before it finishes (the job's `meta`)."""
+
+    surface: str  # "openai" (/v1/videos*) or "sdcpp"
+    model: str
+    prompt: str
+    width: int
+    height: int
+    num_frames: int  # the count the model will really make (Wan: 4n + 1)
+    fps: int
+    seed: int
+    return_state: bool
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """A finished video job: the encoded container plus what the surfaces echo back."""
+
+    data: bytes
+    output_format: str
+    mime_type: str
+    fps: int
+    frame_count: int
+    seed: int
+    inference_time_s: float
+    thumbnail: bytes | None  # WebP of the first frame (OpenAI's `variant=thumbnail`)
+    state: dict[str, Any] | None
+    file_path: str | None  # the MP4 copy written for `output_path`
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """A finished image job: encoded files plus what the surfaces echo back."""
+
+    images: list[EncodedImage]
+    output_format: str
+    request: GenerationRequest
+    model: str
+    infotexts: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+    img2img: bool = False  # the request had an init image (`request` drops the pixels)
+
+
+class Service:
+    def __init__(self, config: ServeConfig, engine: Engine, jobs: JobTable, caps: Capabilities):
+        self.config = config
+        self.engine = engine
+        self.jobs = jobs
+        self.caps = caps
+        self.version = jaxvideo_version()
+
+    @property
+    def models(self) -> list[ModelInfo]:
+        return list(self.engine.models)
+
+    def model_info(self, name: str | None) -> ModelInfo:
+        try:
+            return self.engine.model_info(name)
+        except InvalidRequest as exc:  # the engine's message names the served models
+            raise invalid("model", str(exc), code="model_not_found") from exc
+
+    def default_model(self) -> str:
+        """The model requests naming none get: the operator's choice, else the first one."""
+        return self.model_info(self.config.default_request.get("model")).name
+
+    def model_for(self, mode: str, name: str | None = None) -> ModelInfo:
+        """The model a `mode` request goes to: the one it names (400 if that one cannot serve
+        the mode), else the default model if it can, else the first served model that can."""
+        if mode == "vid_gen" and not any(mode in m.modes for m in self.models):
+            raise ApiError(
+                503, "no video generator loaded", code="model_not_loaded", retryable=False
+            )
+        if name is not None:
+            info = self.model_info(name)
+            if mode not in info.modes:
+                raise invalid("model", f"model {info.name!r} cannot serve {mode}", "wrong_mode")
+            return info
+        default = self.model_info(self.config.default_request.get("model"))
+        if mode in default.modes:
+            return default
+        return next(m for m in self.models if mode in m.modes)
+
+    def resolve(
+        self,
+        fields: Mapping[str, Any],
+        names: Mapping[str, str] | None = None,
+        fallback: Mapping[str, Any] | None = None,
+    ) -> PreparedRequest:
+        """Client fields > operator `default_request` > `fallback` (the surface's hard-coded
+        values) > the model's defaults, checked (limits, model features; 400s naming the
+        surface's `names` for fields) and prepared by the engine.
+
+        An init image's size stands in for a width/height the client did not send."""
+        names = names or {}
+        mode = fields.get("mode", "img_gen")
+        info = self.model_for(mode, fields.get("model"))
+        client = {**init_image_size(fields, self.caps, names), "model": info.name, "mode": mode}
+        client = check_fields(client, info, mode, names)
+        try:
+            request = build_request(
+                client, self.config.default_request, {**info.defaults, **(fallback or {})}
+            )
+        except InvalidRequest as exc:
+            raise refused(exc, names) from exc
+        check_request(request, info, self.caps, names)
+        for value in [getattr(request, f.name) for f in dataclasses.fields(request)]:
+            if isinstance(value, DeferredField):  # after the size is final
+                request = value.settle(request, self.caps.limits)
+        try:
+            return self.engine.prepare(request)
+        except InvalidRequest as exc:
+            raise refused(exc, names) from exc
+
+    def check_operator_defaults(self) -> None:
+        """Fails start-up when `default_request` cannot produce a valid request."""
+        for info in self.models:
+            # An image-to-video model's requests always carry a first frame; any will do here.
+            first_frame = {"init_image": np.zeros((8, 8, 3), np.uint8)}
+            for mode in info.modes:
+                try:
+                    fields = {"model": info.name, "mode": mode}
+                    self.resolve(fields | first_frame if info.needs_init_image else fields)
+                except ApiError as exc:
+                    raise ConfigError(
+                        f"default_request (model {info.name}, {mode}): {exc.message}"
+                    ) from exc
+
+    # -- image jobs -------------------------------------------------------------------------
+
+    def submit_images(self, prepared: PreparedRequest, output: OutputOptions) -> JobView:
+        request = prepared.request
+        default_scheduler = self.model_info(request.model).defaults.get("scheduler")
+
+        def encode(result: GenerationResult) -> ImageResult:
+            images, infotexts = [], []
+            for index, (pixels, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
+                text = self.infotext(request, seed, default_scheduler)
+                infotexts.append(text)
+                chunks = {"parameters": text} if output.embed_metadata else None
+                data = encode_image(pixels, output.output_format, output.quality, chunks)
+                images.append(EncodedImage(index, data, int(seed)))
+            # Finished jobs are kept for `job_retention_s`; the input pixels need not be.
+            echo = replace(request, init_image=None, mask_image=None)
+            return ImageResult(
+                images,
+                output.output_format,
+                echo,
+                request.model,
+                infotexts,
+                result.info,
+                img2img=request.init_image is not None,
+            )
+
+        def run(progress, cancelled) -> ImageResult:
+            return encode(self.engine.generate(prepared, progress=progress, cancelled=cancelled))
+
+        return self.jobs.submit(request.mode, run, batch=self._image_batch(prepared, encode))
+
+    def _image_batch(
+        self, prepared: PreparedRequest, encode: Callable[[GenerationResult], ImageResult]
+    ) -> Batch | None:
+        """How this image job may join compatible ones (None: batching is off, or the engine
+        cannot batch this request)."""
+        limit = self.config.server.max_batch_size
+        key = self.engine.batch_key(prepared) if limit > 1 else None
+        return None if key is None else Batch(key, (prepared, encode), self._run_images, limit)
+
+    def _run_images(
+        self, items: list[tuple], progress: ProgressFn, cancelled: list[CancelledFn]
+    ) -> list[ImageResult | Exception]:
+        """One `generate_batch` call for several image jobs; each encodes its own images."""
+        prepared = [item for item, _ in items]
+        results = self.engine.generate_batch(prepared, progress, cancelled)
+        return [
+            result if isinstance(result, Exception) else outcome_of(encode, result)
+            for (_, encode), result in zip(items, results, strict=True)
+        ]
+
+    def generate_images(self, prepared: PreparedRequest, output: OutputOptions) -> ImageResult:
+        """Synchronous surfaces: queue like everyone else, then wait for the result."""
+        return finished(self.jobs.wait(self.submit_images(prepared, output).id)).result
+
+    # -- video jobs -------------------------------------------------------------------------
+
+    def submit_video(
+        self,
+        prepared: PreparedRequest,
+        output: VideoOutput,
+        surface: str,
+        job_id: str | None = None,
+    ) -> JobView:
+        """Queues a vid_gen job whose worker encodes the container (and, on the OpenAI
+        surface, a WebP thumbnail, and the MP4 copy at `output.output_path`).
+
+        OpenAI-surface jobs get OpenAI-style ids (`video_<hex>`) unless the client chose one;
+        an `output_path` folder is named after that id, so it is checked (400) before queuing."""
+        request = prepared.request
+        info = self.model_info(request.model)
+        if surface == "openai":
+            job_id = job_id or new_video_id()
+        copy_to = None
+        if output.output_path is not None:
+            copy_to = output_file(output.output_path, job_id, self.config.server)
+        meta = VideoJob(
+            surface, info.name, request.prompt, request.width, request.height,
+            info.frames_for(request.num_frames), request.fps, request.seed,
+            request.return_state,
+        )  # fmt: skip
+
+        def run(progress, cancelled) -> VideoResult:
+            started = time.monotonic()
+            result = self.engine.generate(prepared, progress=progress, cancelled=cancelled)
+            elapsed = time.monotonic() - started
+            video = result.videos[0]
+            fps = int(result.fps or request.fps)
+            data = encode_video(video, fps, output.output_format, output.quality)
+            if copy_to is not None:
+                write_file(copy_to, data, self.config.server.output_dir)
+            return VideoResult(
+                data=data,
+                output_format=output.output_format,
+                mime_type=VIDEO_FORMATS[output.output_format],
+                fps=fps,
+                frame_count=int(video.shape[0]),
+                seed=int(result.seeds[0]) if result.seeds else request.seed,
+                inference_time_s=round(elapsed, 3),
+                thumbnail=encode_image(video[0], "webp", 90) if surface == "openai" else None,
+                state=result.state,
+                file_path=copy_to,
+            )
+
+        return self.jobs.submit("vid_gen", run, meta, job_id=job_id)
+
+    def generate_video(
+        self, prepared: PreparedRequest, output: VideoOutput, surface: str, job_id: str | None
+    ) -> JobView:
+        """The synchronous route: submit, wait, and answer failures as HTTP errors."""
+        return finished(self.jobs.wait(self.submit_video(prepared, output, surface, job_id).id))
+
+    def infotext(self, request: GenerationRequest, seed: int, default_scheduler: Any) -> str:
+        params = infotext_params(
+            steps=request.steps,
+            sampler=request.sampler,
+            scheduler=request.scheduler,
+            default_scheduler=default_scheduler,
+            guidance_scale=request.guidance_scale,
+            seed=seed,
+            width=request.width,
+            height=request.height,
+            model=request.model or "",
+            clip_skip=request.clip_skip,
+            denoising_strength=request.strength if request.init_image is not None else None,
+            version=f"jaxvideo {self.version}",
+        )
+        return infotext(request.prompt, request.negative_prompt, params)
+
+
+def init_image_size(
+    fields: Mapping[str, Any], caps: Capabilities, names: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Completes the client fields of an img2img request: a mask needs an init image, and a
+    size the client did not send is the init image's (rounded down to a multiple of 8 and
+    clamped into the limits), as in the peer. The init image counts as client input, so its
+    size wins over operator and family defaults."""
+    fields = dict(fields)
+    init = fields.get("init_image")
+    if init is None:
+        if fields.get("mask_image") is not None:
+            param = (names or {}).get("mask_image", "mask_image")
+            raise invalid(param, "a mask needs an init image")
+        return fields
+    width, height = fit_size(init.shape[1], init.shape[0], caps.limits)
+    fields.setdefault("width", width)
+    fields.setdefault("height", height)
+    return fields
+
+
+def finished(view: JobView) -> JobView:
+    """A terminal job of a synchronous request: completed, else the matching HTTP error."""
+    if view.status == COMPLETED:
+        return view
+    error = view.error or {}
+    if view.status == CANCELLED:
+        if error == CANCELLED_BY_SHUTDOWN:
+            raise ApiError(503, "server is shutting down", code="shutting_down")
+        # Cancelled through sdcpp, or interrupted/skipped through sdapi: A1111 would answer
+        # 200 with the images done so far, which a stopped batch does not have here.
+        raise ApiError(
+            409, "job cancelled", detail=error.get("message"), code="cancelled", retryable=False
+        )
+    if error.get("code") == "invalid_request":
+        raise ApiError(400, error.get("message", "invalid request"), code="invalid_request")
+    raise ApiError(500, "generation failed", detail=error.get("message"), code="generation_failed")
+
+
+def new_video_id() -> str:
+    """An OpenAI-style video id (`video_<hex>`), for jobs whose id is needed before queuing."""
+    return f"video_{secrets.token_hex(12)}"
+
+
+def write_file(path: str, data: bytes, folder: str) -> None:
+    """Writes `data` to `path` atomically, re-checking that it still resolves inside `folder`
+    (a symlink may have appeared since the request was checked)."""
+    if confined(path, folder) != path:
+        raise InvalidRequest("output_path no longer resolves inside the output folder")
+    partial = f"{path}.partial"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(partial, "wb") as file:
+            file.write(data)
+        os.replace(partial, path)
+    except OSError as exc:  # the message names no server folder
+        raise RuntimeError(f"cannot write output_path: {exc.strerror}") from exc
+
+
+def service() -> Service:
+    """The Service of the app handling the current request."""
+    return current_app.extensions["jaxvideo"]
+
+
+def jaxvideo_version() -> str:
+    import jaxvideo
+
+    version = getattr(jaxvideo, "__version__", None)
+    if version:
+        return str(version)
+    try:
+        return importlib.metadata.version("jaxvideo")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"

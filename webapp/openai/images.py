@@ -1,0 +1,109 @@
+"""The OpenAI-compatible image routes and the model list: `/v1/models` (and one model),
+synchronous `/v1/images/generations` (also `/v1/images`, the route FastVideo's server code
+serves) and `/v1/images/edits` (multipart)."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from jaxvideo.results import ModelInfo
+from webapp.core.errors import ApiError
+from webapp.core.http import json_body
+from webapp.core.openapi import RouteDoc
+from webapp.core.schemas import load
+from webapp.core.service import ImageResult, service
+from webapp.openai.edits import EDIT_NAMES, edit_fields, read_upload
+from webapp.openai.schemas import (
+    ImageEditSchema,
+    ImageGenerationSchema,
+    ImagesResponseSchema,
+    ModelListSchema,
+    ModelSchema,
+)
+from webapp.openai.translate import NAMES, openai_fields
+
+bp = Blueprint("openai", __name__, url_prefix="/v1")
+
+DOCS = (
+    RouteDoc("/v1/models", "get", None, ModelListSchema, "List served models"),
+    RouteDoc("/v1/models/{model}", "get", None, ModelSchema, "One served model (404: unknown)"),
+    RouteDoc(
+        "/v1/images/generations", "post", ImageGenerationSchema, ImagesResponseSchema, "Images"
+    ),
+    RouteDoc(
+        "/v1/images",
+        "post",
+        ImageGenerationSchema,
+        ImagesResponseSchema,
+        "Images (as /v1/images/generations; FastVideo's spelling)",
+    ),
+    RouteDoc(
+        "/v1/images/edits",
+        "post",
+        ImageEditSchema,
+        ImagesResponseSchema,
+        "Edit an image (img2img, inpainting with a mask)",
+        content_type="multipart/form-data",
+    ),
+)
+
+
+@bp.get("/models")
+def list_models() -> Response:
+    return jsonify({"object": "list", "data": [model_object(m) for m in service().models]})
+
+
+@bp.get("/models/<path:model>")
+def retrieve_model(model: str) -> Response:
+    # <path:...>: model ids may contain "/" (OpenAI-style "org/name" ids).
+    info = next((m for m in service().models if m.name == model), None)
+    if info is None:
+        raise ApiError(404, f"model {model!r} not found", code="model_not_found", param="model")
+    return jsonify(model_object(info))
+
+
+def model_object(info: ModelInfo) -> dict[str, Any]:
+    """OpenAI's `Model` object."""
+    return {
+        "id": info.name,
+        "object": "model",
+        "created": int(info.created),
+        "owned_by": "jaxvideo",
+    }
+
+
+@bp.post("/images/generations")
+@bp.post("/images")
+def generate_images() -> Response:
+    svc = service()
+    data = load(ImageGenerationSchema(), json_body())
+    fields, output = openai_fields(data, svc.caps)
+    prepared = svc.resolve({**fields, "mode": "img_gen"}, NAMES)
+    return images_response(svc.generate_images(prepared, output))
+
+
+@bp.post("/images/edits")
+def edit_images() -> Response:
+    svc = service()
+    fields, output = edit_fields(read_upload(), svc.caps)
+    prepared = svc.resolve({**fields, "mode": "img_gen"}, EDIT_NAMES)
+    return images_response(svc.generate_images(prepared, output))
+
+
+def images_response(result: ImageResult) -> Response:
+    request = result.request
+    return jsonify(
+        {
+            "created": int(time.time()),
+            "data": [
+                {"b64_json": base64.b64encode(image.data).decode("ascii")}
+                for image in result.images
+            ],
+            "output_format": result.output_format,
+            "size": f"{request.width}x{request.height}",
+        }
+    )
