@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from jaxvideo.families import FAMILY_NAMES, SD1
+
 REPO = Path(__file__).resolve().parents[1]
 BATCH_LOG = re.compile(r"running (\d+) jobs as one batch")
 
@@ -191,7 +193,7 @@ def stop(setting: Setting) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="demo:sd1-tiny")
-    parser.add_argument("--family", default="sd1")
+    parser.add_argument("--family", choices=FAMILY_NAMES, default=SD1.name)
     parser.add_argument("--requests", type=int, default=16, help="requests per round")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per setting")

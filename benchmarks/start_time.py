@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from jaxvideo.families import FAMILY_NAMES, SD1
+
 
 def run_once(config: Path, args: argparse.Namespace, out: Path) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
@@ -40,7 +42,7 @@ def run_once(config: Path, args: argparse.Namespace, out: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="demo:sd1-tiny")
-    parser.add_argument("--family", default="sd1")
+    parser.add_argument("--family", choices=FAMILY_NAMES, default=SD1.name)
     parser.add_argument("--size", default="256x256")
     parser.add_argument("--frames", type=int, default=0, help="video frames (Wan)")
     parser.add_argument("--steps", type=int, default=8)

@@ -8,7 +8,7 @@ random weights, is timed and saves them as a diffusers folder; then jaxvideo con
 with its own converter, loads it and is timed on the same inputs. Prints one JSON line.
 
     python benchmarks/unet_step.py --config sd15 --size 512 --steps 3
-    python benchmarks/unet_step.py --config sdxl --size 1024 --steps 2
+    python benchmarks/unet_step.py --config sdxl-base --size 1024 --steps 2
     python benchmarks/unet_step.py --config demo --size 256 --steps 10
 """
 
@@ -56,7 +56,7 @@ def unet_kwargs(name: str) -> dict:
     if name == "demo":
         cfg = sd1_tiny_configs(514)["unet"]
         return {k: v for k, v in cfg.items() if not k.startswith("_")}
-    return {"sd15": SD15, "sdxl": SDXL}[name]
+    return {"sd15": SD15, "sdxl-base": SDXL}[name]
 
 
 def time_calls(fn, n: int) -> list[float]:
@@ -131,7 +131,7 @@ def jax_phase(data: dict, steps: int, folder: Path):
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--config", choices=("sd15", "sdxl", "demo"), default="sd15")
+    p.add_argument("--config", choices=("sd15", "sdxl-base", "demo"), default="sd15")
     p.add_argument("--size", type=int, default=512, help="image size in pixels (latent = size/8)")
     p.add_argument("--steps", type=int, default=3, help="timed calls per framework")
     args = p.parse_args()

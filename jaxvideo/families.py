@@ -43,8 +43,8 @@ class FamilySpec:
     refines: str | None = None
     # A second, high-noise denoiser (Wan 2.2 A14B): `is_high_noise` LoRAs and its own stage.
     high_noise_expert: bool = False
-    # Which "Align Your Steps" noise-level table the `ays` schedule uses.
-    ays_table: str = "sd1"
+    # Which published "Align Your Steps" noise-level table the `ays` schedule uses.
+    ays_table: str = "SD1.5"
     # Tiny random-weight demo models: name (as in `demo:<name>`) -> builder "module:function".
     demos: Mapping[str, str] = field(default_factory=dict)
 
@@ -126,7 +126,7 @@ SDXL = FamilySpec(
     },
     defaults={**_SD_DEFAULTS, "width": 1024, "height": 1024, "guidance_scale": 5.0},
     conditioner="jaxvideo.pipelines.sd_conditioning:SDXLConditioner",
-    ays_table="sdxl",
+    ays_table="SDXL",
 )
 SDXL_REFINER = FamilySpec(
     name="sdxl_refiner",

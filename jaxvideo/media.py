@@ -12,7 +12,6 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 IMAGE_FORMATS = ("png", "jpeg", "webp")
-IMAGE_MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 def encode_image(

@@ -145,12 +145,6 @@ def _split_alternatives(pattern: str) -> list[str]:
     return out
 
 
-def torch_keys_for(flax_path: str, rules: Sequence[Rule]) -> list[str]:
-    """PyTorch keys that the rules map onto `flax_path` (checked forwards, first match wins)."""
-    compiled = _compile(rules)
-    return _torch_keys(flax_path, rules, compiled)
-
-
 def _torch_keys(
     flax_path: str, rules: Sequence[Rule], compiled: list[tuple[re.Pattern[str], Rule]]
 ) -> list[str]:

@@ -177,6 +177,7 @@ class StableDiffusionPipeline(TwoPasses, Pipeline):
             raise InvalidRequest(
                 "this inpainting model needs an init_image and a mask_image", "init_image"
             )
+        self.sigmas(req, plan.scheduler)  # a schedule this many steps cannot have is refused now
         if req.refiner is not None:
             if req.hires is not None:
                 raise InvalidRequest("hires fix and a refiner cannot be combined yet", "hires")
@@ -206,7 +207,8 @@ class StableDiffusionPipeline(TwoPasses, Pipeline):
             options = {"table": self.family.ays_table} if scheduler == "ays" else {}
             return make_sigmas(self.schedule, scheduler, req.steps, **options)
         except ValueError as exc:  # bad custom sigmas, the lcm schedule's 50-step ceiling, ...
-            raise InvalidRequest(str(exc)) from exc
+            field = "custom_sigmas" if req.custom_sigmas else "steps"
+            raise InvalidRequest(str(exc), field) from exc
 
     def initial_noise(self, req: GenerationRequest) -> tuple[jax.Array, jax.Array]:
         """Unit-variance latent noise and per-image keys, one random stream per image seed."""

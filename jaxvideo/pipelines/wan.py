@@ -267,6 +267,8 @@ class WanPipeline(Pipeline):
             raise InvalidRequest(
                 "shifted_timestep applies to SD epsilon models only", "shifted_timestep"
             )
+        # A schedule this many steps cannot have is refused now, not in the job.
+        self._schedule(req, plan.scheduler, req.flow_shift or self.flow_shift)
         high = req.high_noise
         if high is None:
             return WanPlan(plan.sampler, plan.scheduler)
@@ -351,8 +353,8 @@ class WanPipeline(Pipeline):
     def _schedule(self, req: GenerationRequest, scheduler: str, shift: float) -> np.ndarray:
         try:
             return flow_sigmas(scheduler, req.steps, shift)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from exc
+        except ValueError as exc:  # a schedule that repeats sigmas at this many steps
+            raise InvalidRequest(str(exc), "steps") from exc
 
     def _stages(self, req: GenerationRequest, plan: WanPlan):
         """[(expert or None, sampler, sigmas, guidance, eta)] run in order.

@@ -15,17 +15,18 @@ import numpy as np
 if TYPE_CHECKING:
     from jaxvideo.sampling.schedules import TrainingSchedule
 
-# Align Your Steps (Sabour et al. 2024), the published 10-step noise levels (11 values).
+# Align Your Steps (Sabour et al. 2024), the published 10-step noise levels (11 values), by the
+# model the paper optimised them for.
 AYS_NOISE_LEVELS: dict[str, tuple[float, ...]] = {
-    "sd1": (
+    "SD1.5": (
         14.6146412293, 6.4745760956, 3.8636745985, 2.6946151520, 1.8841921177, 1.3943805092,
         0.9642583904, 0.6523686016, 0.3977456272, 0.1515232662, 0.0291671582,
     ),
-    "sdxl": (
+    "SDXL": (
         14.6146412293, 6.3184485287, 3.7681790315, 2.1811480769, 1.3405244945, 0.8620721141,
         0.5550693289, 0.3798540708, 0.2332364134, 0.1114188177, 0.0291671582,
     ),
-    "svd": (700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.002),
+    "SVD": (700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.002),
 }  # fmt: skip
 
 # GITS (Chen et al. 2024) optimised schedules for SD at coefficient 1.20 (stable-diffusion.cpp's
@@ -109,9 +110,9 @@ def _from_table(table: np.ndarray, steps: int) -> np.ndarray:
     return np.asarray(table[:steps], dtype=np.float64)  # the table's last entry becomes the 0
 
 
-def ays(schedule: TrainingSchedule, steps: int, table: str = "sd1") -> np.ndarray:
+def ays(schedule: TrainingSchedule, steps: int, table: str = "SD1.5") -> np.ndarray:
     """Align Your Steps: the published 10-step table for a kind of model, interpolated to
-    `steps`. `table` is "sd1" (SD 1.x/2.x), "sdxl" or "svd" (a family's `ays_table`); the
+    `steps`. `table` is "SD1.5" (SD 1.x/2.x), "SDXL" or "SVD" (a family's `ays_table`); the
     tables assume SD's training sigmas.
     """
     if table not in AYS_NOISE_LEVELS:

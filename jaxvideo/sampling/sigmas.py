@@ -26,7 +26,7 @@ def make_sigmas(
 ) -> np.ndarray:
     """`steps` descending sigmas followed by a final 0 (length steps + 1), as float32.
 
-    `options` go to the schedule function, e.g. table="sdxl" for "ays".
+    `options` go to the schedule function, e.g. table="SDXL" for "ays".
     """
     if steps < 1:
         raise ValueError("steps must be at least 1")

@@ -239,7 +239,7 @@ def test_beta_schedule_uses_beta_quantiles_of_the_timesteps():
 def test_ays_is_the_published_table_log_linearly_stretched():
     from jaxvideo.sampling.schedule_tables import AYS_NOISE_LEVELS
 
-    sd1, sdxl = np.array(AYS_NOISE_LEVELS["sd1"]), np.array(AYS_NOISE_LEVELS["sdxl"])
+    sd1, sdxl = np.array(AYS_NOISE_LEVELS["SD1.5"]), np.array(AYS_NOISE_LEVELS["SDXL"])
     np.testing.assert_allclose(make_sigmas(SD_SCHEDULE, "ays", 10)[:-1], sd1[:-1], rtol=1e-6)
     # 20 steps put the 10-step table on every other point; the rest are log-midpoints.
     twenty = make_sigmas(SD_SCHEDULE, "ays", 20).astype(np.float64)
@@ -250,7 +250,7 @@ def test_ays_is_the_published_table_log_linearly_stretched():
         rtol=1e-5,
     )
     np.testing.assert_allclose(
-        make_sigmas(SD_SCHEDULE, "ays", 10, table="sdxl")[:-1], sdxl[:-1], rtol=1e-6
+        make_sigmas(SD_SCHEDULE, "ays", 10, table="SDXL")[:-1], sdxl[:-1], rtol=1e-6
     )
     with pytest.raises(ValueError, match="AYS table"):
         make_sigmas(SD_SCHEDULE, "ays", 10, table="flux")

@@ -32,9 +32,12 @@ def test_default_config_serves_the_tiny_demo_model(monkeypatch):
     assert dict(config.mesh) == {}
 
 
-def test_top_level_default_yaml_is_the_packaged_one():
-    packaged = REPO / "jaxvideo" / "configs" / "default.yaml"
-    assert (REPO / "configs" / "default.yaml").read_text() == packaged.read_text()
+def test_the_packaged_default_yaml_is_the_only_one_and_the_example_parses():
+    assert not (REPO / "configs" / "default.yaml").exists()
+    assert "jaxvideo/configs/default.yaml" in (REPO / "README.md").read_text()
+    example = load_config(REPO / "configs" / "real-models.example.yaml")
+    assert [m.family for m in example.models] == ["sdxl", "sdxl_refiner", "sd1", "wan21"]
+    assert example.warmup[0]["model"] == "sdxl"
 
 
 def test_jaxvideo_config_env_is_honoured_and_an_explicit_path_wins(tmp_path, monkeypatch):

@@ -40,6 +40,33 @@ def test_sdk_lists_the_served_models(client):
     assert isinstance(models.data[0].created, int)
 
 
+def test_sdk_retrieves_one_model_and_unknown_ids_are_404(client):
+    model = client.models.retrieve(MODEL)
+    assert (model.id, model.object, model.owned_by) == (MODEL, "model", "jaxvideo")
+    listed = next(m for m in client.models.list().data if m.id == MODEL)
+    assert model.created == listed.created
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("dall-e-3")
+    error = info.value.body
+    assert (error["code"], error["param"], error["type"]) == (
+        "model_not_found",
+        "model",
+        "invalid_request_error",
+    )
+
+
+def test_post_v1_images_is_the_generations_route(server):
+    # FastVideo's server code serves POST /v1/images where its docs name /v1/images/generations.
+    body = {"prompt": "a lighthouse", "size": "64x64", "steps": 2, "seed": 5}
+    short = server.post("/v1/images", json=body)
+    long = server.post("/v1/images/generations", json=body)
+    assert short.status_code == long.status_code == 200, short.text
+    assert short.json()["data"] == long.json()["data"]
+    assert short.json()["size"] == "64x64"
+    bad = server.post("/v1/images", json={"prompt": "x", "size": "huge"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "size"
+
+
 def test_model_and_output_format_are_honoured(client):
     response = client.images.generate(
         prompt="a red cube", model=MODEL, output_format="jpeg", output_compression=80
