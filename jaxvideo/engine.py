@@ -158,7 +158,7 @@ class Engine:
                 )
         request = replace(request, model=info.name)
         if request.continuation is not None:
-            _continued(request)  # the state must continue this model's video
+            _check_continuation(request)
         plan = self._pipelines[info.name].validate(request)
         return PreparedRequest(request, plan)
 
@@ -226,21 +226,26 @@ class Engine:
         return request if isinstance(request, PreparedRequest) else self.prepare(request)
 
 
-def _continued(request: GenerationRequest) -> tuple[GenerationRequest, int]:
-    """The request with its continuation state turned into the first frame, and the segment
-    it makes (0: a fresh video, no state)."""
-    state = request.continuation
-    if state is None:
-        return request, 0
-    if state.payload["model"] != request.model:
+def _check_continuation(request: GenerationRequest) -> None:
+    """A continuation state must come from this model and is the first frame itself."""
+    produced_by = request.continuation.payload["model"]
+    if produced_by != request.model:
         raise InvalidRequest(
-            f"state was produced by model {state.payload['model']!r}, "
-            f"not {request.model!r}; continue with the same model",
+            f"state was produced by model {produced_by!r}, not {request.model!r}; "
+            "continue with the same model",
             "continuation",
         )
     if request.init_image is not None:
         raise InvalidRequest(
             "a continuation state and an init_image cannot be combined", "continuation"
         )
+
+
+def _continued(request: GenerationRequest) -> tuple[GenerationRequest, int]:
+    """The request with its continuation state (checked by `prepare`) turned into the first
+    frame, and the segment it makes (0: a fresh video, no state)."""
+    state = request.continuation
+    if state is None:
+        return request, 0
     segment = state.payload["segment_index"] + 1
     return replace(request, init_image=last_frame_of(state), continuation=None), segment

@@ -60,6 +60,7 @@ class ScheduleSpec:
     fn: str
     flow: str | None = None
     aliases: tuple[str, ...] = ()  # A1111 ids and other spellings clients send
+    native_aliases: tuple[str, ...] = ()  # sd.cpp's own other spellings (the native API's too)
 
 
 def _sampler(name: str, display: str, fn: str | None, **kwargs: Any) -> SamplerSpec:
@@ -119,8 +120,8 @@ _SAMPLERS = (
 # A1111's "Uniform" is k-diffusion's evenly spaced timesteps: sd.cpp's `discrete`, which is
 # also what sd.cpp's alias `normal` means (A1111's Normal differs only at t_min).
 _SCHEDULES_ROWS = (
-    ScheduleSpec("discrete", "Uniform", f"{_SCHEDULES}:discrete", "discrete",
-                 ("uniform", "normal")),
+    ScheduleSpec("discrete", "Uniform", f"{_SCHEDULES}:discrete", "discrete", ("uniform",),
+                 native_aliases=("normal",)),
     ScheduleSpec("karras", "Karras", f"{_SCHEDULES}:karras", "karras"),
     ScheduleSpec("exponential", "Exponential", f"{_SCHEDULES}:exponential", "exponential"),
     ScheduleSpec("ays", "Align Your Steps", f"{_TABLES}:ays", None, ("align_your_steps",)),
@@ -138,9 +139,13 @@ _SCHEDULES_ROWS = (
 
 SAMPLER_SPECS: Mapping[str, SamplerSpec] = MappingProxyType({s.name: s for s in _SAMPLERS})
 SCHEDULE_SPECS: Mapping[str, ScheduleSpec] = MappingProxyType({s.name: s for s in _SCHEDULES_ROWS})
-# Other spellings of native schedules (A1111 ids, sd.cpp's `normal`) -> native name.
+# sd.cpp's own other spellings of its schedules (`normal`) -> native name.
+NATIVE_SCHEDULE_ALIASES: Mapping[str, str] = MappingProxyType(
+    {alias: s.name for s in _SCHEDULES_ROWS for alias in s.native_aliases}
+)
+# Every other spelling clients send (A1111 ids and sd.cpp's) -> native name.
 SCHEDULE_ALIASES: Mapping[str, str] = MappingProxyType(
-    {alias: s.name for s in _SCHEDULES_ROWS for alias in s.aliases}
+    {alias: s.name for s in _SCHEDULES_ROWS for alias in s.aliases} | NATIVE_SCHEDULE_ALIASES
 )
 # A1111 schedule labels no engine here implements: named as such instead of "unknown".
 UNSUPPORTED_SCHEDULES = frozenset(("polyexponential", "ddim"))
@@ -159,9 +164,9 @@ def schedule_names(flow: bool) -> tuple[str, ...]:
 
 
 def native_schedule(name: str) -> str:
-    """A schedule name with sd.cpp's own spelling resolved (`normal` -> `discrete`)."""
+    """A schedule name with sd.cpp's own other spellings resolved (`normal` -> `discrete`)."""
     key = name.strip().lower()
-    return "discrete" if key == "normal" else key
+    return NATIVE_SCHEDULE_ALIASES.get(key, key)
 
 
 def resolve_sampler(name: str | None, flow: bool, default: str) -> str:

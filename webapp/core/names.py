@@ -55,7 +55,8 @@ def sampler_aliases(sampler: str) -> list[str]:
 
 def scheduler_aliases(scheduler: str) -> list[str]:
     """Other names `parse_scheduler` accepts for a native schedule (A1111 ids, sd.cpp's)."""
-    return sorted(SCHEDULE_SPECS[scheduler].aliases)
+    spec = SCHEDULE_SPECS[scheduler]
+    return sorted((*spec.aliases, *spec.native_aliases))
 
 
 def parse_sampler(
