@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from jaxvideo.config import DEMO_PREFIX
-from jaxvideo.families import demo_builder, load
+from jaxvideo.families import demo_builder
+from jaxvideo.lazy import load
 from jaxvideo.models.registry import class_name_of, spec_for
 from jaxvideo.weights import abstract_model, param_shapes, save_component
 

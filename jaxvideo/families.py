@@ -11,11 +11,12 @@ Adding a family: docs/ARCHITECTURE.md, "Adding a family".
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+from jaxvideo.lazy import load
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,6 @@ class FamilySpec:
         object.__setattr__(self, "components", MappingProxyType(dict(self.components)))
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
         object.__setattr__(self, "demos", MappingProxyType(dict(self.demos)))
-
-
-def load(target: str) -> Any:
-    """ "package.module:attribute" -> the attribute, importing the module."""
-    module_name, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
 
 
 _SD = "jaxvideo.pipelines.sd:StableDiffusionPipeline"

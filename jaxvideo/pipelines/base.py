@@ -59,6 +59,16 @@ class Pipeline:
         own = f"{type(self).__module__}:{type(self).__qualname__}"
         if self.family.pipeline != own:
             raise ValueError(f"{model_dir}: a {self.family.name} model is not served by {own}")
+        missing = [
+            name
+            for name in self.family.components
+            if name not in self.family.optional and not (self.model_dir / name).is_dir()
+        ]
+        if missing:
+            raise ValueError(
+                f"{model_dir}: a {self.family.name} model needs {', '.join(missing)}, "
+                "which the folder lacks"
+            )
         # A model folder may carry its own defaults (the demo models' small sizes).
         self._defaults = {**self.family.defaults, **self.index.get("defaults", {})}
 

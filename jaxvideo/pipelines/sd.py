@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from jaxvideo.errors import InvalidRequest
-from jaxvideo.families import load
+from jaxvideo.lazy import load
 from jaxvideo.lora import LoraCache
 from jaxvideo.media import resize_image
 from jaxvideo.pipelines.base import (

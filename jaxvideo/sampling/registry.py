@@ -11,11 +11,12 @@ imported on first use (`sampler_function`, `schedule_function`).
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
+
+from jaxvideo.lazy import load
 
 # Names meaning "the model's own choice" (A1111's "Automatic"), for samplers and schedules.
 DEFAULT_NAMES = frozenset(("", "default", "auto", "automatic"))
@@ -204,13 +205,6 @@ def resolve_schedule(name: str | None, sampler: str, flow: bool, default: str) -
 
 def _kind(flow: bool) -> str:
     return "flow-matching" if flow else "k-diffusion"
-
-
-@functools.cache
-def load(target: str) -> Any:
-    """ "package.module:attribute" -> the attribute (imports the module, and with it JAX)."""
-    module_name, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
 
 
 @functools.cache

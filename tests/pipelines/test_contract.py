@@ -4,13 +4,15 @@ usable on its own as the README shows."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
 
 import jaxvideo.pipelines
 from jaxvideo.demo import resolve_demo
-from jaxvideo.families import FAMILIES, SD1, load
+from jaxvideo.families import FAMILIES, SD1
+from jaxvideo.lazy import load
 from jaxvideo.pipelines.base import Pipeline
 from jaxvideo.request import REQUEST_FIELDS, build_request, check_ranges
 from jaxvideo.sampling import resolve_schedule, sampler_names
@@ -32,6 +34,18 @@ def test_each_family_row_names_a_pipeline_and_valid_defaults(family):
         assert callable(load(family.conditioner))
     for builder in family.demos.values():
         assert callable(load(builder))
+
+
+def test_a_folder_missing_a_component_of_its_family_is_refused_by_name(tmp_path):
+    from jaxvideo.pipelines import StableDiffusionPipeline, WanPipeline
+
+    folder = tmp_path / "sd"
+    shutil.copytree(resolve_demo("demo:sd1-tiny"), folder)
+    shutil.rmtree(folder / "unet")
+    with pytest.raises(ValueError, match="needs unet, which the folder lacks"):
+        StableDiffusionPipeline(folder)
+    with pytest.raises(ValueError, match="not served by jaxvideo.pipelines.wan:WanPipeline"):
+        WanPipeline(resolve_demo("demo:sd1-tiny"))
 
 
 def test_unknown_pipeline_names_are_attribute_errors():
