@@ -66,11 +66,16 @@ def wait_status(table: JobTable, job_id: str, status: str, timeout: float = 10.0
     raise AssertionError(f"{job_id} never reached {status}: {table.get(job_id)}")
 
 
-def test_job_ids_follow_the_peer_format(table):
+def test_job_ids_are_unguessable(table):
+    # An id is the only key to a job's result and cancel: 128 random bits, not a counter.
     view = table.submit("img_gen", stepping(1))
-    assert re.fullmatch(r"job_[0-9a-f]+_[0-9a-f]{8}", view.id)
+    assert re.fullmatch(r"job_[0-9a-f]{32}", view.id)
     assert view.status == "queued"
     assert table.wait(view.id, 10).status == "completed"
+    ids = [table.submit("img_gen", stepping(1)).id for _ in range(3)]
+    for a, b in zip([view.id, *ids], ids, strict=False):
+        # Consecutive ids share no more hex digits than chance (1 in 16 per position).
+        assert sum(x == y for x, y in zip(a[4:], b[4:], strict=True)) < 12
 
 
 def test_jobs_run_in_fifo_order(table):

@@ -11,8 +11,8 @@ and share progress, but each one ends with its own status, result or error, and 
 
 from __future__ import annotations
 
-import itertools
 import logging
+import secrets
 import threading
 import time
 from collections import deque
@@ -139,6 +139,12 @@ class JobView:
         }
 
 
+def new_job_id(prefix: str = "job") -> str:
+    """`<prefix>_<128 random bits>`: an id is the only key to a job's result and its cancel,
+    so nobody may guess another client's."""
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
 class JobTable:
     """Jobs in process memory. `max_queue_size` counts queued plus generating jobs (several
     generate at once when they run as one batch)."""
@@ -161,7 +167,6 @@ class JobTable:
         self._queue: deque[_Job] = deque()
         self._running: list[_Job] = []  # the jobs of the call in progress, oldest first
         self._tombstones: dict[str, float] = {}  # id -> monotonic time it turns 404
-        self._counter = itertools.count(1)
         self._accepting = True
         self._stopping = False
         self._worker: threading.Thread | None = None
@@ -224,7 +229,7 @@ class JobTable:
         job_id: str | None = None,
         batch: Batch | None = None,
     ) -> JobView:
-        """Queues `run` under `job_id` (default: a fresh `job_<hex time>_<counter>` id), to be
+        """Queues `run` under `job_id` (default: a fresh unguessable `new_job_id()`), to be
         batched with compatible jobs when `batch` is given; raises `ShuttingDown`, `JobExists`
         or `QueueFull`."""
         self.start()
@@ -239,8 +244,7 @@ class JobTable:
             if active >= self.max_queue_size:
                 raise QueueFull("job queue is full")
             now = time.time()
-            if job_id is None:
-                job_id = f"job_{int(now):x}_{next(self._counter) & 0xFFFFFFFF:08x}"
+            job_id = job_id or new_job_id()
             job = _Job(id=job_id, kind=kind, run=run, meta=meta, created=int(now), batch=batch)
             self._jobs[job_id] = job
             self._queue.append(job)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import os
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -43,6 +42,7 @@ from webapp.core.jobs import (
     JobTable,
     JobView,
     ProgressFn,
+    new_job_id,
     outcome_of,
 )
 from webapp.core.outputs import OutputOptions, VideoOutput
@@ -365,7 +365,7 @@ def finished(view: JobView) -> JobView:
 
 def new_video_id() -> str:
     """An OpenAI-style video id (`video_<hex>`), for jobs whose id is needed before queuing."""
-    return f"video_{secrets.token_hex(12)}"
+    return new_job_id("video")
 
 
 def write_file(path: str, data: bytes, folder: str) -> None:
