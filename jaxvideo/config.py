@@ -71,6 +71,9 @@ class ServerConfig:
     max_batch_count: int = 8
     max_steps: int = 150
     max_body_bytes: int = 64 * 1024 * 1024
+    # Characters of a prompt or negative prompt: bounds tokenising and text encoding (a
+    # prompt is at most this / 75 chunks of 77 tokens) however large the body may be.
+    max_prompt_chars: int = 4096
     # The job worker runs up to this many compatible queued jobs (same model, size, frames,
     # sampler, steps, ...) as one batched call; each keeps its own seed, prompt and cancel.
     # 1 = one job at a time.

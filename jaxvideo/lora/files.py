@@ -52,6 +52,8 @@ def resolve_lora_path(folder: str | Path, requested: str) -> Path:
     name = str(requested).strip()
     if not name or "\x00" in name:
         raise LoraError("empty LoRA name")
+    if not name.isprintable() or name != name.encode("utf-8", "replace").decode("utf-8"):
+        raise LoraError(f"LoRA {requested!r} is not a file name")  # no file system holds it
     candidate = root / name  # an absolute `name` replaces root here, and is checked below
     if not _inside(candidate, root):
         raise LoraError(f"LoRA {requested!r} is outside the LoRA folder")

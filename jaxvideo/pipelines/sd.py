@@ -81,7 +81,7 @@ class StableDiffusionPipeline(TwoPasses, Pipeline):
 
     @property
     def features(self) -> Mapping[str, tuple[str, ...]]:
-        return {"img_gen": ("init_image", "mask_image", "lora", "vae_tiling")}
+        return {"img_gen": ("init_image", "mask_image", "lora", "vae_tiling", "clip_skip")}
 
     __hash__ = Pipeline.__hash__  # jit hashes `self` (see Pipeline)
 
@@ -162,6 +162,12 @@ class StableDiffusionPipeline(TwoPasses, Pipeline):
         plan = self.resolve_sampling(req.sampler, req.scheduler)
         if req.steps < 1:
             raise InvalidRequest("steps must be at least 1", "steps")
+        if req.clip_skip > self.conditioner.max_clip_skip:
+            depth = self.conditioner.max_clip_skip
+            raise InvalidRequest(
+                f"clip_skip must be at most {depth}: the text encoder has {depth} layers",
+                "clip_skip",
+            )
         if req.shifted_timestep and self.schedule.prediction_type != "epsilon":
             raise InvalidRequest(
                 "shifted_timestep applies to epsilon-prediction models only", "shifted_timestep"

@@ -35,7 +35,9 @@ class _Encoder:
 
     def __init__(self, model_dir: Path, tokenizer: str, encoder: str, dtype: str):
         self.tokenizer = load_tokenizer(str(model_dir / tokenizer))
-        self._def, self._state = nnx.split(load_component(model_dir, encoder, dtype=dtype))
+        module = load_component(model_dir, encoder, dtype=dtype)
+        self.num_layers = module.config.num_hidden_layers
+        self._def, self._state = nnx.split(module)
 
     def __hash__(self) -> int:
         return id(self)
@@ -87,6 +89,11 @@ class _Conditioner:
             name: _Encoder(model_dir, tokenizer, name, dtype)
             for name, tokenizer in self.ENCODERS.items()
         }
+
+    @property
+    def max_clip_skip(self) -> int:
+        """The deepest A1111 clip skip the encoders have layers for (N: the N-th from last)."""
+        return min(encoder.num_layers for encoder in self.encoders.values())
 
     def states(self) -> dict[str, nnx.State]:
         """Text encoder weights by component name (what LoRAs patch)."""

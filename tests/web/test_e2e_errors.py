@@ -127,3 +127,88 @@ def test_health_and_openapi(server):
     assert "ImgGen" in spec["components"]["schemas"]
     edits = spec["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]
     assert list(edits) == ["multipart/form-data"]
+
+
+# -- inputs that reached a 500 or ran unbounded (issue 11) --------------------------------------
+
+# A JSON document nested 1,000 deep: Python's parser fails on it (RecursionError).
+DEEP = "[" * 1000 + "]" * 1000
+
+
+@pytest.mark.parametrize("surface", GENERATE)
+def test_deeply_nested_json_is_a_400(server, surface):
+    headers = {"Content-Type": "application/json"}
+    response = server.post(GENERATE[surface], data=DEEP, headers=headers)
+    assert "nested deeper than" in assert_envelope(surface, response)
+    nested = '{"prompt": "x", "sample_params": ' + "[" * 40 + "]" * 40 + "}"
+    assert "nested deeper than" in assert_envelope(
+        surface, server.post(GENERATE[surface], data=nested, headers=headers)
+    )
+
+
+@pytest.mark.parametrize("surface", ["openai", "sdapi"])  # sdcpp prompts hold no blocks
+def test_deep_json_inside_extra_args_is_a_400_naming_the_prompt(server, surface):
+    block = "<sd_cpp_extra_args>" + "[" * 900 + "]" * 900 + "</sd_cpp_extra_args>"
+    message = assert_envelope(surface, server.post(GENERATE[surface], json={"prompt": block}))
+    assert "sd_cpp_extra_args" in message and "nested deeper than" in message
+
+
+@pytest.mark.parametrize("surface", GENERATE)
+def test_a_lone_surrogate_in_a_prompt_is_a_400(server, surface):
+    # Valid JSON (an escape), but no text encoding holds it: the tokenizer failed on it.
+    body = '{"prompt": "a \\ud800 fox", "negative_prompt": "x"}'
+    response = server.post(
+        GENERATE[surface], data=body, headers={"Content-Type": "application/json"}
+    )
+    message = assert_envelope(surface, response)
+    assert "prompt" in message and "Unicode" in message
+
+
+@pytest.mark.parametrize("surface", GENERATE)
+def test_prompts_longer_than_the_limit_are_refused_before_tokenising(server, surface):
+    # The server's max_prompt_chars (default 4096) bounds tokenising; 1 MB took 18 s and 6 GB.
+    long = "a fox " * 100_000  # 600 kB, within this server's 1 MiB body limit
+    response = server.post(GENERATE[surface], json={"prompt": "x", "negative_prompt": long})
+    message = assert_envelope(surface, response)
+    assert "negative_prompt" in message and "4096" in message
+    assert response.elapsed.total_seconds() < 5
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        # The demo CLIP text encoder has 2 layers: skipping 3 was accepted and the job failed.
+        ("/sdcpp/v1/img_gen", {"clip_skip": 3}, "clip_skip"),
+        ("/sdcpp/v1/img_gen", {"clip_skip": 2147483648}, "clip_skip"),
+        (
+            "/sdapi/v1/txt2img",
+            {"prompt": "x", "override_settings": {"CLIP_stop_at_last_layers": 3}},
+            "clip_skip",
+        ),
+        ("/v1/images/generations", {"prompt": "x", "clip_skip": 9}, "clip_skip"),
+        # Wan has no CLIP text encoder: clip_skip was accepted and ignored.
+        ("/sdcpp/v1/img_gen", {"model": "wan-tiny-demo", "clip_skip": 50}, "clip_skip"),
+        ("/sdcpp/v1/vid_gen", {"clip_skip": 2}, "clip_skip"),
+        # The MP4 copy's path was checked only when the generation had finished.
+        ("/v1/videos", {"prompt": "x", "output_path": "clips/" + "x" * 5000}, "output_path"),
+        ("/v1/videos", {"prompt": "x", "output_path": "y" * 300}, "output_path"),
+    ],
+)
+def test_what_the_model_or_the_file_system_cannot_take_is_a_400_at_submission(
+    server, path, body, field
+):
+    response = server.post(path, json=body)  # async routes answer 202 once a job is queued
+    assert response.status_code == 400, response.text
+    assert field in response.text
+
+
+def test_clip_skip_the_encoder_has_and_a1111_s_neutral_value_still_work(server):
+    ok = server.post(
+        "/sdcpp/v1/img_gen", json={"clip_skip": 2, "sample_params": {"sample_steps": 1}}
+    )
+    assert ok.status_code == 202, ok.text
+    assert server.poll(ok.json()["id"], ("completed", "failed"))[-1]["status"] == "completed"
+    # A1111 clients send CLIP_stop_at_last_layers 1 (the last layer) with every request.
+    body = {"prompt": "x", "steps": 1, "override_settings": {"CLIP_stop_at_last_layers": 1}}
+    body["sd_model_checkpoint"] = "wan-tiny-demo"
+    assert server.post("/sdapi/v1/txt2img", json=body).status_code == 200

@@ -235,6 +235,8 @@ def test_lora_count_types_and_high_noise(lora_dir):
     assert rejects(sdcpp, {"lora": [{"path": "ink", "multiplier": "x"}]}, lora_dir).param == (
         "lora[0].multiplier"
     )
+    # A lone surrogate is valid JSON but no file name: refused, not a 500 from the file system.
+    assert rejects(sdcpp, {"lora": [{"path": "ink\ud800"}]}, lora_dir).param == "lora[0].path"
     loras = sdcpp({"lora": [{"path": "ink"}, {"path": "ink", "is_high_noise": True}]}, lora_dir)
     sd = ModelInfo("sd1-tiny", "sd1", "/m/sd", ("img_gen",), 0)
     err = rejects(check_high_noise, loras["loras"], sd, "sd_cpp_extra_args.lora")

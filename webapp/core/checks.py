@@ -2,6 +2,8 @@
 server's limits, answered as a 400 at submission that names the surface's own field.
 
 `Service.resolve` runs it around the merge with operator and family defaults:
+- `check_text`, first: prompts within `server.max_prompt_chars` and valid Unicode, before
+  anything tokenises them.
 - `check_fields`, on what the client sent: fields the model's family cannot use (flow-only,
   k-diffusion-only), features the model lacks in this mode (`ModelInfo.features`), and
   `is_high_noise` LoRAs without a high-noise expert. Fields sd.cpp clients always send but only
@@ -17,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from jaxvideo.config import ServerConfig
 from jaxvideo.families import FAMILIES
 from jaxvideo.request import GenerationRequest
 from jaxvideo.results import ModelInfo
@@ -35,7 +38,11 @@ GATED = {
     "loras": "lora",
     "vae_tiling": "vae_tiling",
     "guidance_scale_2": "high_noise_sample_params",
+    "clip_skip": "clip_skip",  # a CLIP text encoder's depth (not an sd.cpp feature name)
 }
+# Values that ask for nothing beyond the model's own way (A1111's clip skip 1: the last layer),
+# so clients that always send them work with every model.
+NEUTRAL = {"clip_skip": 1}
 # Dropped on a model without the feature: sd.cpp clients send them, with their defaults, in
 # every vid_gen body, and they mean nothing without a high-noise expert.
 IGNORED_WITHOUT = {
@@ -43,6 +50,30 @@ IGNORED_WITHOUT = {
     "moe_boundary": "high_noise_sample_params",
 }
 FLOW_ONLY = ("flow_shift", "guidance_scale_2", "high_noise", "moe_boundary")
+TEXT_FIELDS = ("prompt", "negative_prompt")
+
+
+def check_text(fields: Mapping[str, Any], limits: ServerConfig, names: Mapping[str, str]) -> None:
+    """Prompts a client sent must be at most `max_prompt_chars` long and encodable text (JSON
+    can carry lone UTF-16 surrogates, which no tokenizer takes)."""
+    for key in TEXT_FIELDS:
+        text = fields.get(key)
+        if text is None:
+            continue
+        param = names.get(key, key)
+        if len(text) > limits.max_prompt_chars:
+            raise invalid(
+                param,
+                f"{len(text)} characters; the limit is {limits.max_prompt_chars} "
+                "(server.max_prompt_chars)",
+                "prompt_too_long",
+            )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise invalid(param, f"not valid Unicode text ({exc.reason})") from exc
+
+
 KDIFFUSION_ONLY = ("custom_sigmas", "shifted_timestep")
 
 
@@ -57,7 +88,8 @@ def check_fields(
             raise invalid(names.get(key, key), problem, "unsupported")
     declared = info.features.get(mode, ())
     for key, feature in GATED.items():
-        if key in fields and feature not in declared:
+        asked = key in fields and (key not in NEUTRAL or fields[key] != NEUTRAL[key])
+        if asked and feature not in declared:
             raise invalid(
                 names.get(key, key),
                 f"model {info.name!r} does not support {feature} for {mode}",

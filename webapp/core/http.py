@@ -11,17 +11,46 @@ from flask import Flask, Response, request
 from webapp.core.errors import ApiError
 
 PUBLIC_PATHS = frozenset(("/health",))
+# No request schema nests more than a few levels; deeper documents are refused before any code
+# walks them recursively (Python's parser itself fails near 1,000 levels).
+MAX_JSON_DEPTH = 32
 
 
 def json_body() -> Any:
-    """The request body as JSON: empty, malformed or non-standard JSON answers 400."""
+    """The request body as JSON: empty, malformed, non-standard or too deeply nested JSON
+    answers 400."""
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
     if not raw.strip():
         raise ApiError(400, "empty body", code="empty_body")
+    return parse_json(raw, "invalid json")
+
+
+def parse_json(raw: bytes | str, headline: str, param: str | None = None) -> Any:
+    """Strict JSON (no NaN/Infinity) nested at most MAX_JSON_DEPTH deep; a 400 with
+    `headline` otherwise."""
+    too_deep = f"nested deeper than {MAX_JSON_DEPTH} levels"
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ApiError(400, headline, detail=too_deep, code="invalid_json", param=param) from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid json", detail=str(exc), code="invalid_json") from exc
+        raise ApiError(400, headline, detail=str(exc), code="invalid_json", param=param) from exc
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ApiError(400, headline, detail=too_deep, code="invalid_json", param=param)
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deep objects and arrays nest in `value` (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item)
+    return deepest
 
 
 def _reject_constant(name: str) -> Any:

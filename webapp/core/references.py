@@ -25,8 +25,10 @@ from webapp.core.images import decode_image
 
 # Raw base64 (standard or URL-safe alphabet, maybe wrapped): anything else is a path.
 _BASE64 = re.compile(r"[A-Za-z0-9+/=_\-\s]+")
-# Longer strings are never taken for paths.
+# Longer strings are never taken for paths; a path's parts are at most _MAX_NAME bytes (POSIX
+# NAME_MAX on Linux file systems).
 _MAX_PATH = 4096
+_MAX_NAME = 255
 
 
 def reference_image(value: Any, param: str, limits: ServerConfig) -> np.ndarray:
@@ -80,8 +82,17 @@ def read_input_file(path: str, param: str, limits: ServerConfig) -> bytes:
 
 def output_file(path: str, job_id: str, limits: ServerConfig, param: str = "output_path") -> str:
     """Where to write a job's MP4: `path` names a `.mp4` file, or else a folder that gets
-    `<job id>.mp4`; either must resolve inside `server.output_dir`."""
+    `<job id>.mp4`; either must resolve inside `server.output_dir`, within the file system's
+    limits on names (checked now, not after the generation)."""
     target = path if path.lower().endswith(".mp4") else os.path.join(path, f"{job_id}.mp4")
+    if len(_utf8(target)) > _MAX_PATH or any(
+        len(_utf8(part)) > _MAX_NAME for part in target.split(os.sep)
+    ):
+        raise invalid(
+            param,
+            f"too long (at most {_MAX_PATH} bytes, {_MAX_NAME} per folder or file name)",
+            "invalid_path",
+        )
     resolved = confined(target, limits.output_dir)
     if resolved is None or os.path.isdir(resolved):
         raise invalid(
@@ -93,11 +104,23 @@ def output_file(path: str, job_id: str, limits: ServerConfig, param: str = "outp
 def confined(path: str, folder: str) -> str | None:
     """`path` (relative to `folder`, or absolute) fully resolved, or None when it leaves the
     resolved `folder` by `..`, an absolute path elsewhere or a symlink."""
-    if "\0" in path:  # no file name holds one; os.path would raise
+    if "\0" in path or not _encodable(path):  # no file name holds these; os.path would raise
         return None
     root = os.path.realpath(folder)
     resolved = os.path.realpath(os.path.join(root, os.path.expanduser(path)))
     return resolved if os.path.commonpath((root, resolved)) == root else None
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")  # lone surrogates counted, refused later
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _reference_object(value: Mapping[str, Any], param: str, limits: ServerConfig) -> np.ndarray:

@@ -29,7 +29,7 @@ from jaxvideo.media import VIDEO_FORMATS, encode_image, encode_video
 from jaxvideo.request import GenerationRequest, build_request
 from jaxvideo.results import GenerationResult, ModelInfo
 from webapp.core.capabilities import Capabilities
-from webapp.core.checks import check_fields, check_request
+from webapp.core.checks import check_fields, check_request, check_text
 from webapp.core.errors import ApiError, invalid, refused
 from webapp.core.images import fit_size
 from webapp.core.infotext import infotext, infotext_params
@@ -162,6 +162,7 @@ class Service:
 
         An init image's size stands in for a width/height the client did not send."""
         names = names or {}
+        check_text(fields, self.caps.limits, names)
         mode = fields.get("mode", "img_gen")
         info = self.model_for(mode, fields.get("model"))
         client = {**init_image_size(fields, self.caps, names), "model": info.name, "mode": mode}

@@ -9,7 +9,6 @@ errors name `sd_cpp_extra_args.<field>`.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,6 +20,7 @@ from jaxvideo.sampling import custom_sigmas
 from webapp.core.capabilities import Capabilities
 from webapp.core.checks import frames_field
 from webapp.core.errors import NOT_YET, ApiError, invalid
+from webapp.core.http import parse_json
 from webapp.core.images import decode_image
 from webapp.core.loras import lora_specs
 from webapp.core.names import native_sampler, native_scheduler
@@ -56,10 +56,7 @@ def extract_extra_args(prompt: str) -> tuple[str, dict[str, Any] | None]:
     if not blocks:
         return prompt, None
     cleaned = EXTRA_ARGS.sub("", prompt).strip()
-    try:
-        parsed = json.loads(blocks[0])
-    except ValueError as exc:
-        raise ApiError(400, "invalid sd_cpp_extra_args", detail=str(exc), param="prompt") from exc
+    parsed = parse_json(blocks[0], "invalid sd_cpp_extra_args", param="prompt")
     if not isinstance(parsed, dict):
         raise ApiError(
             400, "invalid sd_cpp_extra_args", detail="expected a JSON object", param="prompt"
