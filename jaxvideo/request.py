@@ -49,7 +49,11 @@ class Range:
 # "unset" and pass); the web schemas take their validators from here.
 FIELD_RANGES: Mapping[str, Range] = MappingProxyType(
     {
-        "guidance_scale": Range(0),
+        # Any 64-bit value a client may send: negative draws a random seed, the others are
+        # reduced modulo 2**32 (one PRNG key per image), so the reply names the seed used.
+        "seed": Range(-(2**63), 2**64 - 1),
+        # CFG far above any model's useful range only overflows the prediction.
+        "guidance_scale": Range(0, 100),
         "strength": Range(0, 1),
         # sd.cpp's timestep shift: 0 = off, else t' = t * shift / 1000.
         "shifted_timestep": Range(0, 1000),
@@ -57,7 +61,7 @@ FIELD_RANGES: Mapping[str, Range] = MappingProxyType(
         "num_frames": Range(1),
         "fps": Range(1, 120),
         "flow_shift": Range(0, low_open=True),
-        "guidance_scale_2": Range(0),
+        "guidance_scale_2": Range(0, 100),
         "moe_boundary": Range(0, 1, low_open=True, high_open=True),
     }
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import openai
 import pytest
 
 GENERATE = {
@@ -212,3 +213,78 @@ def test_clip_skip_the_encoder_has_and_a1111_s_neutral_value_still_work(server):
     body = {"prompt": "x", "steps": 1, "override_settings": {"CLIP_stop_at_last_layers": 1}}
     body["sd_model_checkpoint"] = "wan-tiny-demo"
     assert server.post("/sdapi/v1/txt2img", json=body).status_code == 200
+
+
+@pytest.mark.parametrize("surface", GENERATE)
+def test_405_names_the_allowed_methods(server, surface):
+    response = server.get(GENERATE[surface])
+    assert_envelope(surface, response, 405)
+    assert "POST" in response.headers["Allow"]
+
+
+def test_get_on_the_sync_video_route_is_405_not_an_unknown_video(server):
+    response = server.get("/v1/videos/generations")
+    assert_envelope("openai", response, 405)
+    assert response.headers["Allow"].split(", ")[0] == "POST"
+
+
+def test_chunked_bodies_over_the_limit_are_413_not_truncated(server):
+    # No Content-Length: the limit (1 MiB here) must hold while the body streams in.
+    def chunks():
+        yield b'{"prompt": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    response = server.post(
+        "/sdcpp/v1/img_gen",
+        data=chunks(),
+        headers={"Content-Type": "application/json", "Connection": "close"},
+    )
+    assert_envelope("sdcpp", response, 413)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/sdapi/v1/txt2img", {"prompt": "x", "cfg_scale": 1e308}, "cfg_scale"),
+        ("/v1/images/generations", {"prompt": "x", "guidance_scale": 1e300}, "guidance_scale"),
+        ("/sdcpp/v1/img_gen", {"seed": 2**64}, "seed"),
+        ("/sdapi/v1/txt2img", {"prompt": "x", "seed": 1e308}, "seed"),
+        ("/v1/videos", {"prompt": "x", "seed": -(2**70)}, "seed"),
+    ],
+)
+def test_out_of_range_numbers_are_refused_by_name(server, path, body, field):
+    response = server.post(path, json=body)
+    assert response.status_code == 400, response.text
+    assert field in response.text
+
+
+def test_documented_shapes_match_what_discovery_routes_answer(server):
+    spec = server.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    scheduler = set(schemas["Scheduler"]["properties"])
+    for entry in server.get("/sdapi/v1/schedulers").json():
+        assert set(entry) <= scheduler, entry
+    # sdapi ignores the many keys A1111 clients send: its schema must not forbid them.
+    assert schemas["Txt2Img"].get("additionalProperties", True) is not False
+    assert schemas["ImgGen"]["additionalProperties"] is False  # the native surface is strict
+    assert schemas["ImgGen"]["properties"]["strength"]["maximum"] == 1
+
+
+def test_openai_429_is_openai_s_rate_limit_shape(client, server):
+    # Fill the queue (max_queue_size 4) with slow jobs, then one more through the SDK.
+    slow = {"prompt": "x", "sample_params": {"sample_steps": 60}, "width": 256, "height": 256}
+    accepted = []
+    with pytest.raises(openai.RateLimitError) as info:
+        for _ in range(6):
+            response = server.post("/sdcpp/v1/img_gen", json=slow)
+            if response.status_code == 202:
+                accepted.append(response.json()["id"])
+                continue
+            client.images.generate(prompt="x")
+    for job_id in accepted:
+        server.post(f"/sdcpp/v1/jobs/{job_id}/cancel")
+    error = info.value.body
+    assert (error["code"], error["type"]) == ("rate_limit_exceeded", "requests")
+    assert info.value.response.headers["Retry-After"] == "2"

@@ -116,6 +116,7 @@ def test_queue_limit_answers_429_and_accepted_jobs_complete(server):
         accepted.append(response.json()["id"])
     assert rejected is not None and len(accepted) == 4
     assert rejected.json() == {"error": "job queue is full"}
+    assert rejected.headers["Retry-After"] == "2"  # when a slot is likely to be free
     for job_id in accepted:
         assert server.poll(job_id, until=("completed", "failed", "cancelled"))[-1]["status"] == (
             "completed"

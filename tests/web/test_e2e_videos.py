@@ -121,6 +121,17 @@ def test_input_reference_path_inside_the_input_folder_and_output_path(server, de
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "input_reference"
 
 
+def test_multipart_null_output_path_means_none(server):
+    # curl -F output_path=null: no value, as a JSON null is (it made a folder named `null`).
+    files = {"prompt": (None, "p"), "output_path": (None, "null"), "num_frames": (None, "5")}
+    created = server.post("/v1/videos", files=files)
+    assert created.status_code == 200, created.text
+    video_id = created.json()["id"]
+    assert server.poll(video_id, ("completed", "failed"))[-1]["status"] == "completed"
+    assert "file_path" not in server.get(f"/v1/videos/{video_id}").json()
+    assert not (server.output_dir / "null").exists()
+
+
 @pytest.mark.parametrize(
     ("fmt", "frames_sent", "frames_made"),
     [("webm", 34, 33), ("webp", 5, 5), ("AVI", 5, 5)],

@@ -189,7 +189,7 @@ def test_images_from_a_wan_model_use_its_own_samplers(engine):
     ("fields", "param", "words"),
     [
         ({"end_image": np.zeros((64, 64, 3), np.uint8)}, "end_image", "end_image"),
-        ({"guidance_scale_2": 2.0}, "guidance_scale_2", "high_noise_sample_params"),
+        ({"guidance_scale_2": 2.0}, "guidance_scale_2", "second (low-noise) expert"),
         ({"custom_sigmas": (1.0, 0.5)}, "sample_params.custom_sigmas", "wan21"),
         ({"shifted_timestep": 5}, "sample_params.shifted_timestep", "wan21"),
         ({"width": 72}, "width", "multiple of 16"),
@@ -470,7 +470,9 @@ def test_ids_conflicts_unknown_ids_and_a_full_queue(app_client):
     start_long_video(app_client)  # max_queue_size 3 counts it: two more fit in the queue
     statuses = [app_client.post("/v1/videos", json={"prompt": "p"}) for _ in range(3)]
     assert [s.status_code for s in statuses] == [200, 200, 429]
-    assert statuses[-1].json["error"]["code"] == "queue_full"
+    # OpenAI's own answer when out of capacity, with when to come back.
+    assert statuses[-1].json["error"]["code"] == "rate_limit_exceeded"
+    assert statuses[-1].headers["Retry-After"] == "2"
 
 
 def test_sdcpp_vid_gen_result_and_refusals(app_client):

@@ -40,6 +40,11 @@ GATED = {
     "guidance_scale_2": "high_noise_sample_params",
     "clip_skip": "clip_skip",  # a CLIP text encoder's depth (not an sd.cpp feature name)
 }
+# What a model lacks for a field, where the feature's name would not tell the client.
+LACKS = {
+    "guidance_scale_2": "has no second (low-noise) expert for guidance_scale_2",
+    "clip_skip": "has no CLIP text encoder to skip layers of",
+}
 # Values that ask for nothing beyond the model's own way (A1111's clip skip 1: the last layer),
 # so clients that always send them work with every model.
 NEUTRAL = {"clip_skip": 1}
@@ -90,11 +95,8 @@ def check_fields(
     for key, feature in GATED.items():
         asked = key in fields and (key not in NEUTRAL or fields[key] != NEUTRAL[key])
         if asked and feature not in declared:
-            raise invalid(
-                names.get(key, key),
-                f"model {info.name!r} does not support {feature} for {mode}",
-                "unsupported",
-            )
+            lacks = LACKS.get(key, f"does not support {feature} for {mode}")
+            raise invalid(names.get(key, key), f"model {info.name!r} {lacks}", "unsupported")
     check_high_noise(fields.get("loras", ()), info, names.get("loras", "lora"))
     return {
         key: value

@@ -26,12 +26,15 @@ NOT_YET = "not supported by this server yet"
 # Statuses the OpenAI SDK retries by default; on every other failure we tell it not to, so a
 # request that cannot succeed is not sent three times.
 _RETRYABLE = frozenset((408, 409, 429, 502, 503, 504))
+# A full queue frees a slot when a job finishes; clients should come back soon, not at once.
+QUEUE_FULL_RETRY_AFTER_S = 2
 
 
 class ApiError(Exception):
     """An HTTP error answer. `message` is the headline, `detail` the specifics, `param` the
     offending request field (OpenAI's `param`). `retryable` overrides the status's default
-    for the `x-should-retry` header (a cancelled job must not be sent again)."""
+    for the `x-should-retry` header (a cancelled job must not be sent again); `headers` go
+    with the answer (a 405's `Allow`, a 429's `Retry-After`)."""
 
     def __init__(
         self,
@@ -42,6 +45,7 @@ class ApiError(Exception):
         code: str | None = None,
         param: str | None = None,
         retryable: bool | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -50,6 +54,7 @@ class ApiError(Exception):
         self.code = code
         self.param = param
         self.retryable = error_retryable(status) if retryable is None else retryable
+        self.headers = dict(headers or {})
 
 
 def error_retryable(status: int) -> bool:
@@ -80,16 +85,17 @@ def error_response(error: ApiError, surface: str | None = None) -> Response:
     body: dict[str, Any]
     if surface == "openai":
         message = f"{error.message}: {error.detail}" if error.detail else error.message
-        kind = "server_error" if error.status >= 500 else "invalid_request_error"
-        body = {
-            "error": {"message": message, "type": kind, "code": error.code, "param": error.param}
-        }
+        kind, code = "server_error" if error.status >= 500 else "invalid_request_error", error.code
+        if error.status == 429:  # what OpenAI's API answers when it is out of capacity
+            kind, code = "requests", "rate_limit_exceeded"
+        body = {"error": {"message": message, "type": kind, "code": code, "param": error.param}}
     else:
         body = {"error": error.message}
         if error.detail:
             body[{"sdapi": "detail", "sdcpp": "message"}.get(surface, "detail")] = error.detail
     response = jsonify(body)
     response.status_code = error.status
+    response.headers.update(error.headers)
     if not error.retryable:
         response.headers["x-should-retry"] = "false"
     if error.status == 401:
@@ -113,15 +119,21 @@ def _from_http(exc: HTTPException) -> ApiError:
         detail = f"the limit is {limit} bytes" if limit else None
     elif status not in _HTTP_MESSAGES and exc.description:
         detail = exc.description
-    return ApiError(status, message, detail=detail, code=code)
+    # Werkzeug's own headers for the status (a 405's Allow), not its HTML content type.
+    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+    return ApiError(status, message, detail=detail, code=code, headers=headers)
 
 
 def register_error_handlers(app: Flask) -> None:
     """Every error, on every route, answers JSON in its surface's envelope."""
     app.register_error_handler(ApiError, error_response)
     app.register_error_handler(HTTPException, lambda exc: error_response(_from_http(exc)))
+    retry_after = {"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)}
     app.register_error_handler(
-        QueueFull, lambda exc: error_response(ApiError(429, "job queue is full", code="queue_full"))
+        QueueFull,
+        lambda exc: error_response(
+            ApiError(429, "job queue is full", code="queue_full", headers=retry_after)
+        ),
     )
     app.register_error_handler(
         ShuttingDown,

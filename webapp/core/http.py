@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from flask import Flask, Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp.core.errors import ApiError
 
@@ -20,9 +21,20 @@ def json_body() -> Any:
     """The request body as JSON: empty, malformed, non-standard or too deeply nested JSON
     answers 400."""
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    check_body_complete()
     if not raw.strip():
         raise ApiError(400, "empty body", code="empty_body")
     return parse_json(raw, "invalid json")
+
+
+def check_body_complete() -> None:
+    """413 when a body sent without Content-Length (chunked) ran past the limit: Werkzeug
+    stops reading there without a word, which would parse a truncated body."""
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None:
+        stream = request.environ.get("wsgi.input")
+        if stream is not None and stream.read(1):
+            raise RequestEntityTooLarge()
 
 
 def parse_json(raw: bytes | str, headline: str, param: str | None = None) -> Any:

@@ -66,9 +66,11 @@ def in_range(field: str) -> validate.Range:
 
 
 def load(schema: Schema, data: Any, *, unknown: str | None = None) -> dict[str, Any]:
-    """Loads `data`; any validation error becomes a 400 naming the first offending field."""
+    """Loads `data`; any validation error becomes a 400 naming the first offending field.
+    Unknown keys follow `unknown`, else the schema's own `Meta.unknown` (logged if excluded)."""
     if not isinstance(data, Mapping):
         raise ApiError(400, "invalid json", detail="the request body must be a JSON object")
+    unknown = unknown or schema.unknown
     if unknown == EXCLUDE:
         ignored = sorted(set(data) - {f.data_key or name for name, f in schema.fields.items()})
         if ignored:

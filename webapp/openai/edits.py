@@ -25,6 +25,7 @@ from flask import request
 
 from webapp.core.capabilities import Capabilities
 from webapp.core.errors import NOT_YET, ApiError, invalid
+from webapp.core.http import check_body_complete
 from webapp.core.images import decode_image
 from webapp.core.outputs import OutputOptions
 from webapp.core.schemas import load
@@ -58,6 +59,7 @@ def read_upload() -> EditUpload:
             code="invalid_content_type",
         )
     form, files = request.form, request.files  # parsing raises 413 past the body limit
+    check_body_complete()
     for key in FILE_FIELDS:
         if key in form:
             raise invalid(key, "must be uploaded as a file, not a text field")

@@ -66,6 +66,8 @@ def _convert(field: fields.Field | None, value: Any, path: str) -> Any:
     (the schema then rejects them by name)."""
     if field is None:
         return value
+    if value == "null" and field.allow_none:  # `-F output_path=null` means no value, as in JSON
+        return None
     if isinstance(field, (fields.Nested, fields.Dict)) and isinstance(value, str):
         return _json_object(value, path)
     if isinstance(field, fields.Nested) and isinstance(value, Mapping):

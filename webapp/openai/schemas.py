@@ -44,12 +44,20 @@ class ImageGenerationSchema(Schema):
     background = fields.String(allow_none=True)
     moderation = fields.String(allow_none=True)
     # Extensions (send them with the SDK's extra_body).
-    seed = Int(allow_none=True, metadata={"description": "negative or null means random"})
+    seed = Int(
+        validate=in_range("seed"),
+        allow_none=True,
+        metadata={"description": "negative or null means random"},
+    )
     negative_prompt = fields.String(allow_none=True)
     steps = Int(allow_none=True)
     num_inference_steps = Int(allow_none=True, metadata={"description": "alias of steps"})
-    guidance_scale = Num(allow_none=True)
-    cfg_scale = Num(allow_none=True, metadata={"description": "alias of guidance_scale"})
+    guidance_scale = Num(validate=in_range("guidance_scale"), allow_none=True)
+    cfg_scale = Num(
+        validate=in_range("guidance_scale"),
+        allow_none=True,
+        metadata={"description": "alias of guidance_scale"},
+    )
     sampler = fields.String(allow_none=True)
     scheduler = fields.String(allow_none=True)
     clip_skip = Int(allow_none=True)
@@ -92,12 +100,18 @@ class ImageEditSchema(Schema):
         validate=in_range("strength"),
         metadata={"description": "default 1.0 with a mask, else 0.75"},
     )
-    seed = fields.Integer(metadata={"description": "negative means random"})
+    seed = fields.Integer(
+        validate=in_range("seed"), metadata={"description": "negative means random"}
+    )
     negative_prompt = fields.String()
     steps = fields.Integer()
     num_inference_steps = fields.Integer(metadata={"description": "alias of steps"})
-    guidance_scale = fields.Float(allow_nan=False)
-    cfg_scale = fields.Float(allow_nan=False, metadata={"description": "alias of guidance_scale"})
+    guidance_scale = fields.Float(allow_nan=False, validate=in_range("guidance_scale"))
+    cfg_scale = fields.Float(
+        allow_nan=False,
+        validate=in_range("guidance_scale"),
+        metadata={"description": "alias of guidance_scale"},
+    )
     sampler = fields.String()
     scheduler = fields.String()
     clip_skip = fields.Integer()
@@ -177,7 +191,11 @@ class VideoGenerationSchema(Schema):
         allow_none=True,
         metadata={"description": "Wan rounds down to 4n+1 (34 -> 33)"},
     )
-    seed = Int(allow_none=True, metadata={"description": "negative or null means random"})
+    seed = Int(
+        validate=in_range("seed"),
+        allow_none=True,
+        metadata={"description": "negative or null means random"},
+    )
     num_inference_steps = Int(allow_none=True)
     guidance_scale = Num(validate=in_range("guidance_scale"), allow_none=True)
     guidance_scale_2 = Num(

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import MethodNotAllowed
 
 from webapp.core.errors import ApiError, invalid
-from webapp.core.http import json_body
+from webapp.core.http import check_body_complete, json_body
 from webapp.core.jobs import CANCELLED, COMPLETED, FAILED, GENERATING, QUEUED, JobView
 from webapp.core.openapi import RouteDoc
 from webapp.core.schemas import load
@@ -82,6 +83,12 @@ def generate_video() -> Response:
     parsed = _parse(svc, load(VideoGenerationSchema(), json_body()))
     view = svc.generate_video(*parsed)
     return jsonify(video_object(view, svc))
+
+
+@bp.get("/videos/generations")
+def generations_take_post() -> Response:
+    # Without this, GET would reach /videos/<video_id> and answer "video not found".
+    raise MethodNotAllowed(valid_methods=["POST"])
 
 
 @bp.get("/videos")
@@ -174,6 +181,7 @@ def _request_body() -> dict[str, Any]:
     if request.mimetype != "multipart/form-data":
         return load(VideoGenerationSchema(), json_body())
     form, files = request.form, request.files  # parsing raises 413 past the body limit
+    check_body_complete()
     for key in files:
         if key not in FILE_FIELDS:
             raise invalid(key, "unexpected file upload")

@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
-from marshmallow import EXCLUDE
 
 from webapp.core.errors import invalid
 from webapp.core.http import json_body
@@ -72,13 +71,13 @@ DOCS = (
 
 @bp.post("/txt2img")
 def txt2img() -> Response:
-    data = load(Txt2ImgSchema(), json_body(), unknown=EXCLUDE)
+    data = load(Txt2ImgSchema(), json_body())
     return _generate(data, img2img=False)
 
 
 @bp.post("/img2img")
 def img2img() -> Response:
-    data = load(Img2ImgSchema(), json_body(), unknown=EXCLUDE)
+    data = load(Img2ImgSchema(), json_body())
     return _generate(data, img2img=True)
 
 
@@ -187,7 +186,7 @@ def set_options() -> Response:
     """A1111 saves every setting sent; here only `sd_model_checkpoint` means something (the
     model sdapi requests naming none get, for this server process). Other keys are accepted,
     logged and ignored, so clients that post their whole settings page keep working."""
-    data = load(OptionsUpdateSchema(), json_body(), unknown=EXCLUDE)
+    data = load(OptionsUpdateSchema(), json_body())
     if "sd_model_checkpoint" in data:
         if not data["sd_model_checkpoint"]:
             raise invalid("sd_model_checkpoint", "must name a served model")

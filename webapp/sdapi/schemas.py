@@ -7,9 +7,9 @@ known keys with a wrong type still answer 400.
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields
+from marshmallow import EXCLUDE, Schema, fields
 
-from webapp.core.schemas import Flag, Int, Num
+from webapp.core.schemas import Flag, Int, Num, in_range
 
 
 class LoraEntrySchema(Schema):
@@ -21,13 +21,18 @@ class LoraEntrySchema(Schema):
 
 
 class Txt2ImgSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # A1111 clients send many keys this server has no use for
+
     prompt = fields.String(required=True)
     negative_prompt = fields.String(allow_none=True)
     width = Int(allow_none=True)
     height = Int(allow_none=True)
     steps = Int(allow_none=True)
-    cfg_scale = Num(allow_none=True)
-    seed = Int(allow_none=True, metadata={"description": "-1 means random"})
+    cfg_scale = Num(validate=in_range("guidance_scale"), allow_none=True)
+    seed = Int(
+        validate=in_range("seed"), allow_none=True, metadata={"description": "-1 means random"}
+    )
     batch_size = Int(allow_none=True)
     n_iter = Int(allow_none=True, metadata={"description": "batches; multiplies batch_size"})
     clip_skip = Int(allow_none=True)
@@ -102,6 +107,7 @@ class SamplerSchema(Schema):
 class SchedulerSchema(Schema):
     name = fields.String()
     label = fields.String()
+    aliases = fields.List(fields.String(), metadata={"description": "other accepted names"})
 
 
 class SdModelSchema(Schema):
@@ -120,6 +126,9 @@ class OptionsSchema(Schema):
 
 class OptionsUpdateSchema(Schema):
     """`POST /sdapi/v1/options`: A1111 clients send many settings; only the model is used."""
+
+    class Meta:
+        unknown = EXCLUDE
 
     sd_model_checkpoint = fields.String(
         metadata={"description": "a served model name or its A1111 title ('name [hash]')"}

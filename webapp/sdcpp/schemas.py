@@ -80,7 +80,10 @@ class GenerationSchema(Schema):
     width = Int()
     height = Int()
     strength = Num(validate=in_range("strength"))
-    seed = Int(metadata={"description": "negative means a random seed"})
+    seed = Int(
+        validate=in_range("seed"),
+        metadata={"description": "negative means random; others are reduced modulo 2**32"},
+    )
     init_image = fields.String(allow_none=True)
     sample_params = fields.Nested(SampleParamsSchema)
     lora = fields.List(fields.Nested(LoraSchema))
