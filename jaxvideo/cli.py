@@ -5,7 +5,7 @@ command line. Runs the same engine the server runs, without HTTP:
 
     jaxvideo generate "a lighthouse at dusk" --model /models/sd15-jax --size 512x512 \
         --steps 25 --sampler euler_a --seed 42 -o lighthouse.png
-    jaxvideo generate "waves at dusk" --model demo:wan-tiny --family wan21 --frames 17 -o waves.mp4
+    jaxvideo generate "waves at dusk" --model demo:wan-tiny --frames 17 -o waves.mp4
 
 `--model` takes a converted model folder or `demo:sd1-tiny`; `--config` takes a serve YAML
 (its first model, or the one named by `--model-name`, and its `default_request`).
@@ -25,14 +25,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from jaxvideo.config import ConfigError, config_from_dict, load_config
+from jaxvideo.config import DEMO_PREFIX, ConfigError, config_from_dict, load_config
 from jaxvideo.convert import cli as convert_cli
 from jaxvideo.errors import InvalidRequest
-from jaxvideo.families import FAMILY_NAMES, SD1
+from jaxvideo.families import FAMILY_NAMES, SD1, demo_builder
 from jaxvideo.media import encode_image, encode_video
 from jaxvideo.request import build_request
 
-# Output suffixes that make a video (animated WebP stays an image suffix: .webp is a picture).
+# Output suffixes and the format each writes; the video ones make a video (animated WebP stays
+# an image suffix: .webp is a picture).
+IMAGE_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 VIDEO_SUFFIXES = {".mp4": "mp4", ".webm": "webm", ".avi": "avi"}
 
 
@@ -54,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--config", help="serve YAML; uses its first model and default_request")
     gen.add_argument("--model-name", help="with --config: which configured model to use")
     gen.add_argument(
-        "--family", choices=FAMILY_NAMES, default=SD1.name, help="with --model: its model family"
+        "--family",
+        choices=FAMILY_NAMES,
+        help="with --model: its model family (default: what the folder or demo says it is)",
     )
     gen.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     gen.add_argument("-n", "--negative-prompt")
@@ -79,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         type=Path,
         default=Path("output.png"),
-        help="output file; batches add -1, -2, ... before the suffix",
+        help="output file: .png .jpg .webp (images) or .mp4 .webm .avi (a video); batches add "
+        "-1, -2, ... before the suffix",
     )
     convert = commands.add_parser("convert", help=convert_cli.SUMMARY)
     convert_cli.add_arguments(convert)
@@ -89,9 +94,32 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve_config(args: argparse.Namespace):
     if args.config:
         return load_config(args.config)
-    model = args.model or "demo:sd1-tiny"
-    raw = {"models": [{"name": "cli", "family": args.family, "path": model, "dtype": args.dtype}]}
+    model = args.model or f"{DEMO_PREFIX}sd1-tiny"
+    family = args.family or _family_of(model)
+    raw = {"models": [{"name": "cli", "family": family, "path": model, "dtype": args.dtype}]}
     return config_from_dict(raw, base_dir=Path.cwd(), source="command line")
+
+
+def _family_of(model: str) -> str:
+    """The family a demo name or a converted folder's model_index.json records."""
+    if model.startswith(DEMO_PREFIX):
+        return demo_builder(model[len(DEMO_PREFIX) :])[0].name
+    index = Path(model).expanduser() / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{model} is not a converted jaxvideo model (no model_index.json)")
+    return json.loads(index.read_text()).get("family") or SD1.name
+
+
+def _check_output(output: Path) -> None:
+    """Refuses, before any model loads, an output the run could not write."""
+    suffixes = {**IMAGE_SUFFIXES, **VIDEO_SUFFIXES}
+    if output.suffix.lower() not in suffixes:
+        raise ValueError(
+            f"-o {output}: unknown extension {output.suffix or '(none)'!r}; "
+            f"use one of {' '.join(suffixes)}"
+        )
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"-o {output}: folder {output.parent} does not exist")
 
 
 def _client_fields(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
@@ -141,12 +169,14 @@ def _output_paths(output: Path, count: int) -> list[Path]:
 def generate(args: argparse.Namespace) -> int:
     from jaxvideo.engine import Engine  # JAX loads only when there is work to do
 
+    _check_output(args.output)
     config = _serve_config(args)
     engine = Engine(config)
     model = engine.model_info(args.model_name)
     request = build_request(
         _client_fields(args, model.name), config.default_request, model.defaults
     )
+    prepared = engine.prepare(request)  # a bad size or sampler fails here, before any step
     bar = tqdm(total=request.steps, unit="step", desc=f"{model.name} seed {request.seed}")
 
     def progress(step: int, total: int) -> None:
@@ -154,11 +184,11 @@ def generate(args: argparse.Namespace) -> int:
         bar.n = step
         bar.refresh()
 
-    result = engine.generate(request, progress=progress)
+    result = engine.generate(prepared, progress=progress)
     bar.close()
     if result.videos:
         return _write_videos(args.output, result, request)
-    fmt = {".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}.get(args.output.suffix.lower(), "png")
+    fmt = IMAGE_SUFFIXES[args.output.suffix.lower()]
     for path, pixels, seed in zip(
         _output_paths(args.output, len(result.images)), result.images, result.seeds, strict=True
     ):

@@ -68,6 +68,35 @@ def test_generate_reports_bad_input_without_a_traceback(tmp_path):
     result = run_cli(tmp_path, "a fox", "--size", "65x64", "--steps", "1")
     assert result.returncode == 2
     assert "multiples of 8" in result.stderr and "Traceback" not in result.stderr
+    assert "step/s" not in result.stderr  # refused before the progress bar started
+    unknown = run_cli(tmp_path, "a fox", "--sampler", "nope", "-o", str(tmp_path / "x.png"))
+    assert unknown.returncode == 2 and "sampler" in unknown.stderr
+    assert "step/s" not in unknown.stderr
+
+
+def test_generate_writes_what_the_extension_names_and_refuses_others(tmp_path):
+    for name in ("fox.gif", "fox.bmp", "fox"):
+        result = run_cli(tmp_path, "a fox", "--steps", "1", "-o", str(tmp_path / name))
+        assert result.returncode == 2 and "unknown extension" in result.stderr, result.stderr
+        assert not (tmp_path / name).exists()
+    missing = run_cli(tmp_path, "a fox", "--steps", "1", "-o", str(tmp_path / "no" / "fox.png"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    args = ("a fox", "--size", "64x64", "--steps", "1", "--seed", "3")
+    for name, fmt in (("fox.jpg", "JPEG"), ("fox.webp", "WEBP")):
+        result = run_cli(tmp_path, *args, "-o", str(tmp_path / name))
+        assert result.returncode == 0, result.stderr
+        assert Image.open(tmp_path / name).format == fmt
+
+
+def test_generate_takes_the_family_from_the_model_itself(tmp_path):
+    # demo:wan-tiny is a Wan 2.1 model: no --family needed (it used to default to sd1).
+    out = tmp_path / "frame.png"
+    args = ("waves", "--model", "demo:wan-tiny", "--size", "64x64", "--steps", "1")
+    result = run_cli(tmp_path, *args, "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out).size == (64, 64)
+    wrong = run_cli(tmp_path, *args, "--family", "sd1", "-o", str(out))
+    assert wrong.returncode == 2 and "wan21" in wrong.stderr
 
 
 def test_generate_writes_a_video_and_fills_the_configured_compilation_cache(tmp_path):
