@@ -86,8 +86,11 @@ class Engine:
                     f"but {folder} holds {family!r}"
                 )
             dtype = serving_dtype(spec.dtype)
-            with activate(self.mesh):  # parameters are placed shard by shard
-                pipeline = spec.family_spec.load_pipeline()(folder, dtype=dtype)
+            try:
+                with activate(self.mesh):  # parameters are placed shard by shard
+                    pipeline = spec.family_spec.load_pipeline()(folder, dtype=dtype)
+            except ValueError as exc:  # a folder that cannot serve: name the model at start
+                raise ValueError(f"model {spec.name!r}: {exc}") from exc
             self._pipelines[spec.name] = pipeline
             self._infos[spec.name] = ModelInfo(
                 name=spec.name,

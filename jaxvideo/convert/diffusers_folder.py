@@ -10,7 +10,7 @@ from typing import Any
 
 from jaxvideo.convert.core import ConversionError, convert_tensors
 from jaxvideo.convert.readers import open_component
-from jaxvideo.families import FAMILIES, SD1, SD2, SDXL, SDXL_REFINER, WAN21, WAN22
+from jaxvideo.families import FAMILIES, SD1, SD2, SDXL, SDXL_REFINER, WAN21, WAN22, family
 from jaxvideo.models.registry import class_name_of, spec_for
 from jaxvideo.weights import CONFIG_FILE, abstract_model, param_shapes, save_component
 
@@ -71,22 +71,32 @@ def convert_diffusers_folder(
     if not index_path.is_file():
         raise ConversionError(f"{src} is not a diffusers folder: no {MODEL_INDEX}")
     index = json.loads(index_path.read_text())
+    configs = {
+        name: json.loads((src / name / CONFIG_FILE).read_text())
+        for name in CONVERTED
+        if (src / name / CONFIG_FILE).is_file()
+    }
+    if "unet" not in configs and "transformer" not in configs:
+        raise ConversionError(f"{src}: no unet or transformer component found")
+    # Converted folders keep the reference configs unchanged, so the source tells the family
+    # and whether its networks fit together, before any tensor is converted.
+    family_name = detect_family(index, src)
+    disagreements = family(family_name).load_pipeline().component_mismatches(configs)
+    if disagreements:
+        raise ConversionError(f"{src}: its components disagree: {'; '.join(disagreements)}")
     dst.mkdir(parents=True, exist_ok=True)
     components: dict[str, str] = {}
-    for name in CONVERTED:
-        if (src / name / CONFIG_FILE).is_file():
-            convert_component(src / name, dst / name, dtype, on_tensor)
-            components[name] = class_name_of(json.loads((src / name / CONFIG_FILE).read_text()))
+    for name, config in configs.items():
+        convert_component(src / name, dst / name, dtype, on_tensor)
+        components[name] = class_name_of(config)
     for name in COPIED:
         if (src / name).is_dir():
             shutil.copytree(src / name, dst / name, dirs_exist_ok=True)
             components[name] = "copied"
-    if "unet" not in components and "transformer" not in components:
-        raise ConversionError(f"{src}: no unet or transformer component found")
     out_index = {
         "format": "jaxvideo",
         "format_version": 1,
-        "family": detect_family(index, dst),
+        "family": family_name,
         "dtype": dtype,
         "source_class": index.get("_class_name"),
         "components": components,
@@ -97,7 +107,8 @@ def convert_diffusers_folder(
 
 
 def detect_family(index: dict[str, Any], dst: Path) -> str:
-    """The model family of a converted folder: Wan by its transformer, else an SD family."""
+    """The model family of a diffusers (or converted) folder: Wan by its transformer, else an
+    SD family."""
     transformer = dst / "transformer" / CONFIG_FILE
     if transformer.is_file():
         if json.loads(transformer.read_text()).get("_class_name") != "WanTransformer3DModel":

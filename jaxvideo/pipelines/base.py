@@ -25,6 +25,7 @@ from jaxvideo.families import FamilySpec, family
 from jaxvideo.request import GenerationRequest
 from jaxvideo.results import GenerationResult
 from jaxvideo.sampling import registry
+from jaxvideo.weights import read_config
 
 ProgressFn = Callable[[int, int], None]  # (finished steps, total steps)
 CancelledFn = Callable[[], bool]  # true once the caller wants the run stopped
@@ -69,6 +70,14 @@ class Pipeline:
                 f"{model_dir}: a {self.family.name} model needs {', '.join(missing)}, "
                 "which the folder lacks"
             )
+        configs = {
+            name: read_config(self.model_dir / name)
+            for name in self.family.components
+            if (self.model_dir / name / "config.json").is_file()
+        }
+        disagreements = self.component_mismatches(configs)
+        if disagreements:
+            raise ValueError(f"{model_dir}: its components disagree: {'; '.join(disagreements)}")
         # A model folder may carry its own defaults (the demo models' small sizes).
         self._defaults = {**self.family.defaults, **self.index.get("defaults", {})}
 
@@ -76,6 +85,13 @@ class Pipeline:
     # is exactly right.
     def __hash__(self) -> int:
         return id(self)
+
+    @classmethod
+    def component_mismatches(cls, configs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """What the components' reference configs (by folder name) say that cannot work
+        together (a text encoder narrower than the denoiser's cross-attention, ...): checked
+        when a model loads and when it is converted, so it never serves failing requests."""
+        return []
 
     # --- what the model supports (ModelInfo) --------------------------------------------------
 

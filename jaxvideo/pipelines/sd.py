@@ -83,6 +83,30 @@ class StableDiffusionPipeline(TwoPasses, Pipeline):
     def features(self) -> Mapping[str, tuple[str, ...]]:
         return {"img_gen": ("init_image", "mask_image", "lora", "vae_tiling", "clip_skip")}
 
+    @classmethod
+    def component_mismatches(cls, configs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        unet, vae = configs["unet"], configs["vae"]
+        texts = [configs[n] for n in ("text_encoder", "text_encoder_2") if n in configs]
+        width = sum(int(text["hidden_size"]) for text in texts)  # SDXL concatenates the two
+        cross = unet.get("cross_attention_dim", 1280)
+        channels = int(vae.get("latent_channels", 4))
+        takes, predicts = unet.get("in_channels", 4), unet.get("out_channels", 4)
+        problems = []
+        if any(int(dim) != width for dim in (cross if isinstance(cross, list) else [cross])):
+            problems.append(
+                f"the text encoders give {width}-wide context, the UNet's "
+                f"cross_attention_dim is {cross}"
+            )
+        if predicts != channels:
+            problems.append(f"the VAE has {channels} latent channels, the UNet predicts {predicts}")
+        # Inpainting UNets also take the mask and the masked image's latents.
+        if takes not in (channels, 2 * channels + 1):
+            problems.append(
+                f"the UNet takes {takes} channels, not {channels} latents "
+                f"(or {2 * channels + 1} for inpainting)"
+            )
+        return problems
+
     __hash__ = Pipeline.__hash__  # jit hashes `self` (see Pipeline)
 
     # --- compiled pieces -------------------------------------------------------------------

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -127,6 +128,41 @@ class WanPipeline(Pipeline):
     @property
     def needs_init_image(self) -> bool:
         return self.is_i2v or self.image_tokens
+
+    @classmethod
+    def component_mismatches(cls, configs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        text_width = configs["text_encoder"].get("d_model")
+        z_dim = int(configs["vae"].get("z_dim", 16))
+        image = configs.get("image_encoder")
+        problems = []
+        for name in ("transformer", "transformer_2"):
+            dit = configs.get(name, {})
+            if dit and dit.get("text_dim") != text_width:
+                problems.append(
+                    f"the text encoder is {text_width} wide, {name} expects {dit.get('text_dim')}"
+                )
+            if dit and dit.get("out_channels") != z_dim:
+                problems.append(
+                    f"the VAE has {z_dim} latent channels, {name} predicts "
+                    f"{dit.get('out_channels')}"
+                )
+            # Image-to-video experts also take the frame mask and the image latents.
+            if dit and dit.get("in_channels") not in (z_dim, 2 * z_dim + TEMPORAL_SCALE):
+                problems.append(
+                    f"{name} takes {dit.get('in_channels')} channels, not {z_dim} latents "
+                    f"(or {2 * z_dim + TEMPORAL_SCALE} for image-to-video)"
+                )
+            image_dim = dit.get("image_dim")
+            if (
+                image_dim is not None
+                and image is not None
+                and image.get("hidden_size") != image_dim
+            ):
+                problems.append(
+                    f"the image encoder is {image.get('hidden_size')} wide, {name} expects "
+                    f"{image_dim}"
+                )
+        return problems
 
     @property
     def features(self) -> Mapping[str, tuple[str, ...]]:

@@ -4,6 +4,7 @@ usable on its own as the README shows."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import numpy as np
@@ -46,6 +47,42 @@ def test_a_folder_missing_a_component_of_its_family_is_refused_by_name(tmp_path)
         StableDiffusionPipeline(folder)
     with pytest.raises(ValueError, match="not served by jaxvideo.pipelines.wan:WanPipeline"):
         WanPipeline(resolve_demo("demo:sd1-tiny"))
+
+
+def test_components_that_disagree_refuse_to_load_naming_the_model(tmp_path):
+    """A text encoder narrower than the UNet's cross-attention served /health and failed every
+    request with a 500; now the model refuses to load, and the engine names it."""
+    from jaxvideo.config import config_from_dict
+    from jaxvideo.engine import Engine
+
+    folder = tmp_path / "sd"
+    shutil.copytree(resolve_demo("demo:sd1-tiny"), folder)
+    config_path = folder / "unet" / "config.json"
+    unet = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**unet, "cross_attention_dim": 48, "out_channels": 16}))
+    models = [{"name": "mismatched", "family": "sd1", "path": str(folder)}]
+    with pytest.raises(ValueError) as info:
+        Engine(config_from_dict({"models": models}))
+    message = str(info.value)
+    assert message.startswith("model 'mismatched': ")
+    assert "32-wide context, the UNet's cross_attention_dim is 48" in message
+    assert "4 latent channels, the UNet predicts 16" in message
+
+
+@pytest.mark.parametrize("demo", ["demo:sd1-tiny", "demo:wan-tiny", "demo:wan22-tiny"])
+def test_the_demo_models_components_agree(demo):
+    folder = resolve_demo(demo)
+    index = json.loads((folder / "model_index.json").read_text())
+    family = FAMILIES[index["family"]]
+    configs = {
+        name: json.loads((folder / name / "config.json").read_text())
+        for name in family.components
+        if (folder / name / "config.json").is_file()
+    }
+    assert family.load_pipeline().component_mismatches(configs) == []
+    text = configs["text_encoder"]
+    wide = {**text, "hidden_size": 99, "d_model": 99}
+    assert family.load_pipeline().component_mismatches({**configs, "text_encoder": wide})
 
 
 def test_unknown_pipeline_names_are_attribute_errors():
