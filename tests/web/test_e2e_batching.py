@@ -62,3 +62,20 @@ def test_queued_compatible_jobs_run_as_one_batch_with_their_own_results(server):
             diff = np.abs(ours.astype(np.int16) - reference.astype(np.int16))
             assert diff.max() <= 1 and np.count_nonzero(diff) < 0.001 * diff.size
     assert not np.array_equal(images(batched[0])[0], images(batched[2])[0])
+
+
+def test_interrupt_stops_the_current_job_only_its_batch_partners_finish(server):
+    # Three compatible jobs batched behind a blocker, slow enough to interrupt mid-run.
+    slow = {"width": 256, "height": 256, "sample_params": {"sample_steps": 60}}
+    blocker = submit(server, {"prompt": "hold", **slow})
+    server.poll(blocker, until=("generating",))
+    batch = {"width": 128, "height": 128, "sample_params": {"sample_steps": 40}}
+    ids = [submit(server, {**body, **batch}) for body in BODIES]
+    assert server.post(f"/sdcpp/v1/jobs/{blocker}/cancel").status_code == 200
+    server.poll(ids[0], until=("generating",))
+    assert server.get("/sdapi/v1/progress").json()["state"]["job"] == ids[0]
+    assert server.post("/sdapi/v1/interrupt").status_code == 200
+    first = server.poll(ids[0], until=("completed", "failed", "cancelled"))[-1]
+    assert first["status"] == "cancelled" and "interrupt" in first["error"]["message"]
+    for job_id in ids[1:]:  # other clients' jobs in the same batch get their images
+        assert len(images(finish(server, job_id))) >= 1

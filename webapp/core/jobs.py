@@ -289,12 +289,14 @@ class JobTable:
         return [view for view in views if predicate is None or predicate(view)]
 
     def cancel_running(self, reason: dict[str, str] = CANCELLED_BY_CLIENT) -> JobView | None:
-        """Flags every generating job (A1111's interrupt stops the whole call in progress, a
-        batch included) and returns the oldest one's snapshot; queued jobs are left alone."""
+        """Flags the current job (the oldest generating one, what `current` reports: A1111's
+        interrupt stops its one job) and returns its snapshot. Other jobs batched with it
+        carry on; queued jobs are left alone."""
         with self._lock:
-            for job in self._running:
-                self._flag_locked(job, reason)
-            return self._view_locked(self._running[0]) if self._running else None
+            if not self._running:
+                return None
+            self._flag_locked(self._running[0], reason)
+            return self._view_locked(self._running[0])
 
     def current(self) -> JobView | None:
         """The oldest generating job (a batch shares its progress), or None when idle."""
