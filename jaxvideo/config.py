@@ -85,6 +85,10 @@ class ServerConfig:
     # Persistent XLA compilation cache: compiled denoisers and decoders are written here and
     # reused by the next start (a restart skips most compile time). Unset = no cache.
     compilation_cache_dir: str | None = None
+    # Origins (scheme://host[:port]) whose web pages may call this server from a browser; "*"
+    # allows any. Empty: same-origin only, so no other site's page can submit jobs or read
+    # results through a visitor's browser.
+    cors_origins: tuple[str, ...] = ()
     # Secrets are better kept out of YAML files, so the environment may supply the key.
     api_key: str | None = field(
         default_factory=lambda: os.environ.get("JAXVIDEO_API_KEY") or None, repr=False
@@ -181,6 +185,12 @@ def _server(raw: Any, base_dir: Path | None) -> ServerConfig:
             values[key] = None if value is None else _resolve(_typed(value, where, str), base_dir)
         elif key == "api_key":
             values[key] = None if value is None else _typed(value, where, str)
+        elif key == "cors_origins":
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}: expected a list of origins, got {_show(value)}")
+            values[key] = tuple(
+                _typed(origin, f"{where}[{i}]", str).rstrip("/") for i, origin in enumerate(value)
+            )
         elif key in ("job_retention_s", "expired_retention_s"):
             values[key] = _number(value, where, minimum=0)
         else:

@@ -66,7 +66,7 @@ def create_app(config: ServeConfig | None = None, engine: Any = None) -> Flask:
         ROUTE_DOCS, service.version, auth=bool(server.api_key)
     )
     register_error_handlers(app)
-    install_hooks(app, server.api_key)
+    install_hooks(app, server.api_key, server.cors_origins)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     jobs.start()

@@ -38,7 +38,7 @@ def auth_client(server, e2e_cache_dir):
 
         config = parse_config(
             "models: [{name: demo, family: sd1, path: 'demo:sd1-tiny'}]\n"
-            "server: {api_key: s3cret, output_dir: /tmp}\n"
+            "server: {api_key: s3cret, output_dir: /tmp, cors_origins: ['https://ui.example/']}\n"
         )
         app = create_app(config)
         yield app.test_client()
@@ -63,6 +63,24 @@ def test_api_key_is_required_everywhere_but_health(auth_client):
     assert auth_client.options("/sdcpp/v1/img_gen").status_code == 204
     spec = auth_client.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+def test_listed_origins_get_cors_headers_and_others_are_refused(auth_client):
+    ui = {"Origin": "https://ui.example", "Access-Control-Request-Headers": "X-Anything"}
+    preflight = auth_client.options("/v1/images/generations", headers=ui)
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://ui.example"
+    # Only the headers this API uses, not whatever a preflight asks for.
+    assert preflight.headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type"
+    assert "Origin" in preflight.headers["Vary"]
+    listed = auth_client.get(
+        "/v1/models", headers={"Origin": "https://ui.example", "Authorization": "Bearer s3cret"}
+    )
+    assert listed.status_code == 200
+    assert listed.headers["Access-Control-Allow-Origin"] == "https://ui.example"
+    other = auth_client.options("/v1/models", headers={"Origin": "https://other.example"})
+    assert other.status_code == 403 and other.json["error"]["code"] == "origin_not_allowed"
+    assert "Access-Control-Allow-Origin" not in other.headers
 
 
 def test_video_routes_answer_503_without_a_video_model(auth_client):

@@ -151,3 +151,15 @@ def test_per_request_inputs_are_not_operator_defaults(key, value):
     message = error_of(MODEL + f"default_request: {{{key}: {value}}}")
     assert message.startswith(f"default_request.{key}: not allowed here")
     assert "scalar request fields" in message
+
+
+def test_cors_origins_are_a_list_of_origins():
+    config = parse_config(MODEL + "server: {cors_origins: ['https://a.example/', '*']}")
+    assert config.server.cors_origins == ("https://a.example", "*")
+    assert parse_config(MODEL).server.cors_origins == ()  # same-origin by default
+    assert error_of(MODEL + "server: {cors_origins: 'https://a.example'}").startswith(
+        "server.cors_origins: expected a list of origins"
+    )
+    assert error_of(MODEL + "server: {cors_origins: [3]}").startswith(
+        "server.cors_origins[0]: expected str"
+    )

@@ -101,16 +101,35 @@ def test_unknown_routes_wrong_methods_and_huge_bodies(server, surface):
     assert_envelope(surface, server.get(GENERATE[surface]), 405)
     huge = '{"prompt": "' + "x" * (2 * 1024 * 1024) + '"}'
     # gunicorn drops a keep-alive connection whose unread body is large, so do not reuse it.
-    response = server.post(GENERATE[surface], data=huge, headers={"Connection": "close"})
+    headers = {"Connection": "close", "Content-Type": "application/json"}
+    response = server.post(GENERATE[surface], data=huge, headers=headers)
     assert_envelope(surface, response, 413)
 
 
-def test_cors_preflight_and_headers(server):
-    response = server.request("OPTIONS", "/v1/images/generations")
-    assert response.status_code == 204
-    assert response.headers["Access-Control-Allow-Origin"] == "*"
-    assert "Access-Control-Allow-Credentials" not in response.headers
-    assert server.get("/health").headers["Access-Control-Allow-Origin"] == "*"
+def test_other_sites_pages_cannot_use_the_server_by_default(server):
+    # A page on another origin may neither preflight nor send a simple request (no
+    # server.cors_origins here): 403 in the surface's envelope, no CORS headers.
+    foreign = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    preflight = server.request("OPTIONS", "/v1/images/generations", headers=foreign)
+    assert_envelope("openai", preflight, 403)
+    assert "Access-Control-Allow-Origin" not in preflight.headers
+    simple = server.post("/sdcpp/v1/img_gen", json={"prompt": "x"}, headers=foreign)
+    assert_envelope("sdcpp", simple, 403)
+    # The server's own origin (its future web page) is served, whatever scheme a proxy shows.
+    own = {"Origin": server.url.replace("http://", "https://")}
+    preflight = server.request("OPTIONS", "/v1/images/generations", headers=own)
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type"
+    assert server.get("/health", headers=own).status_code == 200
+    # Clients that are not browsers send no Origin and get no CORS headers.
+    assert "Access-Control-Allow-Origin" not in server.get("/health").headers
+
+
+@pytest.mark.parametrize("surface", GENERATE)
+def test_json_routes_take_a_json_content_type_only(server, surface):
+    for headers in ({"Content-Type": "text/plain"}, {}):
+        response = server.post(GENERATE[surface], data='{"prompt": "x"}', headers=headers)
+        assert "application/json" in assert_envelope(surface, response, 415)
 
 
 def test_health_and_openapi(server):

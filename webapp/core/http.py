@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -20,6 +21,13 @@ MAX_JSON_DEPTH = 32
 def json_body() -> Any:
     """The request body as JSON: empty, malformed, non-standard or too deeply nested JSON
     answers 400."""
+    if not request.is_json:  # also what keeps other sites' plain form posts out
+        raise ApiError(
+            415,
+            "unsupported media type",
+            detail=f"send the body as application/json, not {request.mimetype or 'untyped'}",
+            code="unsupported_media_type",
+        )
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
     check_body_complete()
     if not raw.strip():
@@ -69,18 +77,37 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def install_hooks(app: Flask, api_key: str | None) -> None:
-    """CORS for browser frontends (any origin, no credentials) and optional Bearer auth."""
+# What a browser may send across origins here (an allowed origin's page).
+CORS_HEADERS = "Authorization, Content-Type"
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+
+
+def install_hooks(app: Flask, api_key: str | None, cors_origins: tuple[str, ...] = ()) -> None:
+    """Same-origin by default: a request a browser marks with another site's `Origin` is
+    refused (403) unless `cors_origins` lists it ("*": any), and only allowed origins get CORS
+    headers. Then optional Bearer auth on everything but /health."""
+
+    def allowed(origin: str) -> bool:
+        # Same origin by host: behind a TLS proxy the scheme the app sees may differ.
+        return (
+            "*" in cors_origins or origin in cors_origins or urlsplit(origin).netloc == request.host
+        )
 
     @app.before_request
-    def _preflight_and_auth() -> Response | None:
+    def _origin_and_auth() -> Response | None:
+        origin = request.headers.get("Origin")
+        if origin is not None and not allowed(origin):
+            raise ApiError(
+                403,
+                "origin not allowed",
+                detail=f"{origin} is not in server.cors_origins",
+                code="origin_not_allowed",
+                retryable=False,
+            )
         if request.method == "OPTIONS":
             response = app.response_class(status=204)
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = (
-                request.headers.get("Access-Control-Request-Headers")
-                or "Authorization, Content-Type"
-            )
+            response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+            response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
             response.headers["Access-Control-Max-Age"] = "600"
             return response
         if api_key and request.path not in PUBLIC_PATHS:
@@ -94,5 +121,8 @@ def install_hooks(app: Flask, api_key: str | None) -> None:
 
     @app.after_request
     def _cors(response: Response) -> Response:
-        response.headers["Access-Control-Allow-Origin"] = "*"
+        origin = request.headers.get("Origin")
+        if origin is not None and allowed(origin):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.vary.add("Origin")
         return response
