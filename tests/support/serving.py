@@ -20,6 +20,8 @@ from typing import Any
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
+# The installed server command (setup.cfg): it carries the gunicorn settings wherever it starts.
+SERVER_COMMAND = Path(sys.executable).parent / "jaxvideo-server"
 STARTUP_TIMEOUT_S = 300  # builds the demo model and imports JAX on a cold machine
 
 
@@ -82,9 +84,10 @@ def serve(config: Path, root: Path, env: Mapping[str, str]) -> Iterator[Server]:
     url = f"http://127.0.0.1:{free_port()}"
     log = root / "server.log"
     with log.open("wb") as out:
+        # Started outside the repo, where no gunicorn.conf.py is, as an installed server would be.
         process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "webapp:app", "-b", url.removeprefix("http://")],
-            cwd=REPO,
+            [str(SERVER_COMMAND), "-b", url.removeprefix("http://")],
+            cwd=root,
             env={**env, "JAXVIDEO_CONFIG": str(config), "PYTHONUNBUFFERED": "1"},
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -28,6 +28,13 @@ def test_importing_webapp_builds_no_app_and_loads_no_engine():
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
 
 
+def test_the_installed_server_command_carries_its_gunicorn_settings(server):
+    # The e2e server runs `jaxvideo-server` outside the repo, where no gunicorn.conf.py is: the
+    # packaged settings apply (gthread threads, not the sync worker with its 30 s timeout).
+    assert Path(server.process.args[0]).name == "jaxvideo-server"
+    assert "Using worker: gthread" in server.log.read_text()
+
+
 @pytest.fixture(scope="module")
 def auth_client(server, e2e_cache_dir):
     """An app with `api_key` set, on the real engine; `server` built the demo model already."""
