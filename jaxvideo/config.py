@@ -74,6 +74,10 @@ class ServerConfig:
     # Characters of a prompt or negative prompt: bounds tokenising and text encoding (a
     # prompt is at most this / 75 chunks of 77 tokens) however large the body may be.
     max_prompt_chars: int = 4096
+    # The work one request may ask for, in megapixel-steps: width x height x frames x steps x
+    # images / 1e6 (a hires pass adds its own). A cancel waits for the step in progress, so
+    # this also bounds how long one takes. 4000 admits Wan 720p x 81 frames x 50 steps.
+    max_work: int = 4000
     # The job worker runs up to this many compatible queued jobs (same model, size, frames,
     # sampler, steps, ...) as one batched call; each keeps its own seed, prompt and cancel.
     # 1 = one job at a time.

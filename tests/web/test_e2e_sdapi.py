@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
+import time
 
 import numpy as np
 from PIL import Image
@@ -99,3 +101,27 @@ def test_batches_use_consecutive_seeds(server):
     assert info["all_seeds"] == [40, 41] and len(body["images"]) == 2
     assert not np.array_equal(pixels(body["images"][0]), pixels(body["images"][1]))
     assert [t.split("Seed: ")[1].split(",")[0] for t in info["infotexts"]] == ["40", "41"]
+
+
+def test_a_synchronous_request_whose_client_hangs_up_is_cancelled(server):
+    # A slow txt2img sent on a raw connection, closed while it generates: nobody is left to
+    # read the images, so the job stops at its next step instead of running to the end.
+    body = json.dumps({"prompt": "x", "width": 256, "height": 256, "steps": 80}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        deadline = time.monotonic() + 120
+        job = ""
+        while not job and time.monotonic() < deadline:
+            state = server.get("/sdapi/v1/progress").json()["state"]
+            job = state["job"] if state["sampling_step"] > 0 else ""
+            time.sleep(0.05)
+        assert job, "the request never started generating"
+    final = server.poll(job, until=("completed", "failed", "cancelled"))[-1]
+    assert final["status"] == "cancelled", final
+    assert final["error"]["message"] == "client disconnected"
+    assert final["progress"]["step"] < 80

@@ -379,6 +379,31 @@ def test_merged_requests_are_checked_against_the_configured_limits():
     assert rejects(check, sampler="heun").param == "sampler"
 
 
+def test_the_work_a_request_asks_for_is_bounded_at_submission():
+    from dataclasses import replace
+
+    from jaxvideo.hires import HiresFix
+
+    caps = replace(CAPS, limits=ServerConfig(output_dir="/tmp", max_work=16))
+    small = build_request({"width": 512, "height": 512, "steps": 60}, None, FAMILY)
+    check_request(small, MODEL, caps)  # 15.7 megapixel-steps
+    for fields in (
+        {"width": 2048, "height": 2048, "steps": 8},  # 33.5: the request that took 116 s to stop
+        {"width": 512, "height": 512, "steps": 20, "batch_count": 4},
+        {"width": 512, "height": 512, "steps": 30, "hires": HiresFix(1024, 1024, steps=10)},
+    ):
+        err = rejects(check_request, build_request(fields, None, FAMILY), MODEL, caps)
+        assert err.param == "steps" and "server.max_work" in err.message
+    video = build_request(
+        {"mode": "vid_gen", "width": 128, "height": 128, "num_frames": 17, "steps": 8},
+        None,
+        FAMILY,
+    )
+    check_request(video, MODEL, caps)  # 2.2: frames count too
+    many = replace(video, num_frames=257, steps=10)
+    assert "42.1 megapixel-steps" in rejects(check_request, many, MODEL, caps).message
+
+
 def test_parse_size():
     assert parse_size("512x768") == (512, 768)
     assert parse_size(" AUTO ") is None

@@ -126,6 +126,16 @@ def frames_field(count: int, param: str) -> int:
     return count
 
 
+def request_work(request: GenerationRequest) -> float:
+    """Megapixel-steps a request asks for: what `server.max_work` bounds."""
+    frames = request.num_frames if request.mode == "vid_gen" else 1
+    work = request.width * request.height * frames * request.steps * request.batch_count
+    hires = request.hires  # a HiresFix once the deferred fields are settled
+    if hires is not None:  # its second pass runs at the hires size
+        work += hires.width * hires.height * (hires.steps or request.steps) * request.batch_count
+    return work / 1e6
+
+
 def check_request(
     request: GenerationRequest,
     info: ModelInfo,
@@ -161,6 +171,14 @@ def check_request(
     if request.mode == "vid_gen" and request.num_frames > MAX_FRAMES:
         raise invalid(
             name("num_frames"), f"must be within [1, {MAX_FRAMES}], got {request.num_frames}"
+        )
+    work = request_work(request)
+    if work > limits.max_work:
+        raise invalid(
+            name("steps"),
+            f"the request is {work:.1f} megapixel-steps of work (width x height x frames x "
+            f"steps x images); this server takes at most {limits.max_work} (server.max_work)",
+            "too_much_work",
         )
     own = caps.for_model(info)
     if request.sampler not in own.samplers:

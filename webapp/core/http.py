@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import socket
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +35,24 @@ def json_body() -> Any:
     if not raw.strip():
         raise ApiError(400, "empty body", code="empty_body")
     return parse_json(raw, "invalid json")
+
+
+def client_connected() -> Callable[[], bool]:
+    """A check that the current request's client still holds its connection open (a peek at
+    gunicorn's socket: an orderly close reads as b""). Without a socket: always true."""
+    sock = request.environ.get("gunicorn.socket")
+    if sock is None:
+        return lambda: True
+
+    def connected() -> bool:
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        except BlockingIOError:  # nothing to read: still open
+            return True
+        except OSError:
+            return False
+
+    return connected
 
 
 def check_body_complete() -> None:

@@ -40,6 +40,8 @@ RunFn = Callable[[ProgressFn, CancelledFn], Any]
 BatchRunFn = Callable[[list[Any], ProgressFn, list[CancelledFn]], list[Any]]
 
 CANCELLED_BY_CLIENT = {"code": "cancelled", "message": "job cancelled by client"}
+# A synchronous request whose client hung up: nobody is left to read the result.
+CLIENT_GONE = {"code": "cancelled", "message": "client disconnected"}
 CANCELLED_BY_SHUTDOWN = {"code": "cancelled", "message": "server shutting down"}
 # A1111's interrupt/skip stop whatever is generating; the code stays "cancelled" so sdcpp
 # clients polling that job see the state they know, the message says who stopped it.

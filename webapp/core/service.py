@@ -1,9 +1,9 @@
 """The object every blueprint shares: config, engine, job table, and the jobs built on them.
 
 `resolve` is the one way a surface's translated fields become a request: it picks the model for
-the mode, applies the merge precedence, the request check (limits and model features, which
-name the surface's fields), settles deferred fields and lets the engine `prepare` it (the
-model's `validate`, once). `submit_images` / `submit_video` queue a job that runs
+the mode, applies the merge precedence, settles deferred fields, runs the request check (limits
+and model features, naming the surface's fields) and lets the engine `prepare` it (the model's
+`validate`, once). `submit_images` / `submit_video` queue a job that runs
 `Engine.generate` and encodes the frames (PNG/JPEG/WebP; MP4/WebM/WebP/AVI) in the worker
 thread, so a finished job holds ready-to-send bytes; `generate_images` / `generate_video` are
 the synchronous variants (submit, then wait). Image jobs the engine can batch carry its batch
@@ -36,7 +36,9 @@ from webapp.core.infotext import infotext, infotext_params
 from webapp.core.jobs import (
     CANCELLED,
     CANCELLED_BY_SHUTDOWN,
+    CLIENT_GONE,
     COMPLETED,
+    TERMINAL,
     Batch,
     CancelledFn,
     JobTable,
@@ -47,6 +49,9 @@ from webapp.core.jobs import (
 )
 from webapp.core.outputs import OutputOptions, VideoOutput
 from webapp.core.references import confined, output_file
+
+# How often a waiting synchronous request checks that its client is still there.
+CLIENT_CHECK_S = 0.5
 
 if TYPE_CHECKING:  # the engine imports JAX; the web layer only holds one
     from jaxvideo.engine import Engine, PreparedRequest
@@ -173,10 +178,10 @@ class Service:
             )
         except InvalidRequest as exc:
             raise refused(exc, names) from exc
-        check_request(request, info, self.caps, names)
         for value in [getattr(request, f.name) for f in dataclasses.fields(request)]:
-            if isinstance(value, DeferredField):  # after the size is final
+            if isinstance(value, DeferredField):  # the size is final now
                 request = value.settle(request, self.caps.limits)
+        check_request(request, info, self.caps, names)
         try:
             return self.engine.prepare(request)
         except InvalidRequest as exc:
@@ -247,9 +252,16 @@ class Service:
             for (_, encode), result in zip(items, results, strict=True)
         ]
 
-    def generate_images(self, prepared: PreparedRequest, output: OutputOptions) -> ImageResult:
-        """Synchronous surfaces: queue like everyone else, then wait for the result."""
-        return finished(self.jobs.wait(self.submit_images(prepared, output).id)).result
+    def generate_images(
+        self,
+        prepared: PreparedRequest,
+        output: OutputOptions,
+        connected: Callable[[], bool] | None = None,
+    ) -> ImageResult:
+        """Synchronous surfaces: queue like everyone else, then wait for the result (the job
+        is cancelled if `connected` says the client hung up meanwhile)."""
+        view = self.submit_images(prepared, output)
+        return finished(self.wait_for_client(view.id, connected)).result
 
     # -- video jobs -------------------------------------------------------------------------
 
@@ -303,10 +315,27 @@ class Service:
         return self.jobs.submit("vid_gen", run, meta, job_id=job_id)
 
     def generate_video(
-        self, prepared: PreparedRequest, output: VideoOutput, surface: str, job_id: str | None
+        self,
+        prepared: PreparedRequest,
+        output: VideoOutput,
+        surface: str,
+        job_id: str | None,
+        connected: Callable[[], bool] | None = None,
     ) -> JobView:
-        """The synchronous route: submit, wait, and answer failures as HTTP errors."""
-        return finished(self.jobs.wait(self.submit_video(prepared, output, surface, job_id).id))
+        """The synchronous route: submit, wait (cancelling the job if the client hangs up),
+        and answer failures as HTTP errors."""
+        view = self.submit_video(prepared, output, surface, job_id)
+        return finished(self.wait_for_client(view.id, connected))
+
+    def wait_for_client(self, job_id: str, connected: Callable[[], bool] | None) -> JobView:
+        """Waits for the job, checking `connected` every CLIENT_CHECK_S; once it is false the
+        job is cancelled (an async job has its own id to poll; a sync one, nobody else)."""
+        while True:
+            view = self.jobs.wait(job_id, CLIENT_CHECK_S)
+            if view.status in TERMINAL:
+                return view
+            if connected is not None and not connected():
+                return self.jobs.cancel(job_id, CLIENT_GONE)
 
     def infotext(self, request: GenerationRequest, seed: int, default_scheduler: Any) -> str:
         params = infotext_params(

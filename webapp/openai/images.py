@@ -12,7 +12,7 @@ from flask import Blueprint, Response, jsonify
 
 from jaxvideo.results import ModelInfo
 from webapp.core.errors import ApiError
-from webapp.core.http import json_body
+from webapp.core.http import client_connected, json_body
 from webapp.core.openapi import RouteDoc
 from webapp.core.schemas import load
 from webapp.core.service import ImageResult, service
@@ -83,7 +83,7 @@ def generate_images() -> Response:
     data = load(ImageGenerationSchema(), json_body())
     fields, output = openai_fields(data, svc.caps)
     prepared = svc.resolve({**fields, "mode": "img_gen"}, NAMES)
-    return images_response(svc.generate_images(prepared, output))
+    return images_response(svc.generate_images(prepared, output, client_connected()))
 
 
 @bp.post("/images/edits")
@@ -91,7 +91,7 @@ def edit_images() -> Response:
     svc = service()
     fields, output = edit_fields(read_upload(), svc.caps)
     prepared = svc.resolve({**fields, "mode": "img_gen"}, EDIT_NAMES)
-    return images_response(svc.generate_images(prepared, output))
+    return images_response(svc.generate_images(prepared, output, client_connected()))
 
 
 def images_response(result: ImageResult) -> Response:

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import MethodNotAllowed
 
 from webapp.core.errors import ApiError, invalid
-from webapp.core.http import check_body_complete, json_body
+from webapp.core.http import check_body_complete, client_connected, json_body
 from webapp.core.jobs import CANCELLED, COMPLETED, FAILED, GENERATING, QUEUED, JobView
 from webapp.core.openapi import RouteDoc
 from webapp.core.schemas import load
@@ -81,7 +81,7 @@ def create_video() -> Response:
 def generate_video() -> Response:
     svc = service()
     parsed = _parse(svc, load(VideoGenerationSchema(), json_body()))
-    view = svc.generate_video(*parsed)
+    view = svc.generate_video(*parsed, client_connected())
     return jsonify(video_object(view, svc))
 
 

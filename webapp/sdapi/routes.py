@@ -20,7 +20,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from webapp.core.errors import invalid
-from webapp.core.http import json_body
+from webapp.core.http import client_connected, json_body
 from webapp.core.jobs import INTERRUPTED, SKIPPED, JobView
 from webapp.core.loras import available_loras
 from webapp.core.names import display_name, sampler_aliases, scheduler_aliases, scheduler_label
@@ -88,7 +88,8 @@ def _generate(data: dict[str, Any], img2img: bool) -> Response:
     fields.setdefault("model", sdapi_options().model(svc))
     prepared = svc.resolve({**fields, "mode": "img_gen"}, NAMES)
     # A1111 clients expect PNG (with the `parameters` chunk unless told otherwise).
-    result = svc.generate_images(prepared, apply_output(OutputOptions(), output))
+    options = apply_output(OutputOptions(), output)
+    result = svc.generate_images(prepared, options, client_connected())
     images = [base64.b64encode(image.data).decode("ascii") for image in result.images]
     if data.get("send_images") is False:
         images = []
