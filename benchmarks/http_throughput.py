@@ -71,6 +71,7 @@ def free_port() -> int:
 def start_server(config: Path, log: Path, threads: int) -> tuple[subprocess.Popen, str]:
     url = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "JAXVIDEO_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
+    env["JAXVIDEO_STATE_DIR"] = str(log.with_suffix(".state"))  # a fresh job store per run
     env.pop("JAXVIDEO_API_KEY", None)
     cmd = [sys.executable, "-m", "gunicorn", "webapp:app", "-b", url, "--threads", str(threads)]
     with log.open("wb") as out:

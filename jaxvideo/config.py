@@ -28,6 +28,7 @@ MESH_AXES = ("data", "fsdp", "tensor", "context")
 DEMO_PREFIX = "demo:"
 DEFAULT_CONFIG_RESOURCE = "configs/default.yaml"
 DEFAULT_OUTPUT_DIR = "~/.cache/jaxvideo/outputs"
+DEFAULT_STATE_DIR = "~/.cache/jaxvideo/state"
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,13 @@ class ServerConfig:
     output_dir: str = field(
         default_factory=lambda: os.path.expanduser(
             os.environ.get("JAXVIDEO_OUTPUT_DIR", DEFAULT_OUTPUT_DIR)
+        )
+    )
+    # The job store (SQLite plus one folder per job): accepted jobs and finished results survive
+    # a restart or a crash. One server per folder. None: jobs live in memory only.
+    state_dir: str | None = field(
+        default_factory=lambda: os.path.expanduser(
+            os.environ.get("JAXVIDEO_STATE_DIR", DEFAULT_STATE_DIR)
         )
     )
     max_queue_size: int = 64
@@ -185,7 +193,7 @@ def _server(raw: Any, base_dir: Path | None) -> ServerConfig:
     values: dict[str, Any] = {}
     for key, value in entry.items():
         where = f"server.{key}"
-        if key in ("output_dir", "lora_dir", "input_dir", "compilation_cache_dir"):
+        if key in ("output_dir", "state_dir", "lora_dir", "input_dir", "compilation_cache_dir"):
             values[key] = None if value is None else _resolve(_typed(value, where, str), base_dir)
         elif key == "api_key":
             values[key] = None if value is None else _typed(value, where, str)

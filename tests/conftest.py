@@ -14,6 +14,9 @@ os.environ["JAXVIDEO_TEST_CACHE_DIR"] = _root
 os.environ.setdefault("JAXVIDEO_CACHE_DIR", _root)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_root, "xla"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# Servers keep their jobs under server.state_dir; tests give each server its own folder, and
+# this default keeps any other out of the developer's ~/.cache.
+os.environ["JAXVIDEO_STATE_DIR"] = tempfile.mkdtemp(prefix="jaxvideo-state-")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -24,5 +27,7 @@ def pytest_collection_modifyitems(config, items):
 
     for item in items:
         path = item.path.as_posix()
-        group = "web" if "/tests/web/" in path else path
+        # A web module that starts servers of its own (OWN_SERVERS) need not wait for the rest.
+        shared = "/tests/web/" in path and not getattr(item.module, "OWN_SERVERS", False)
+        group = "web" if shared else path
         item.add_marker(pytest.mark.xdist_group(group))

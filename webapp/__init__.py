@@ -21,6 +21,7 @@ from webapp.core.http import install_hooks
 from webapp.core.jobs import JobTable
 from webapp.core.openapi import build_openapi
 from webapp.core.service import Service
+from webapp.core.store import JobStore
 from webapp.openai import images, videos
 from webapp.sdapi import routes as sdapi
 from webapp.sdcpp import routes as sdcpp
@@ -53,6 +54,7 @@ def create_app(config: ServeConfig | None = None, engine: Any = None) -> Flask:
         max_queue_size=server.max_queue_size,
         job_retention_s=server.job_retention_s,
         expired_retention_s=server.expired_retention_s,
+        store=None if server.state_dir is None else JobStore(server.state_dir),
     )
     caps = Capabilities.serving(server, engine.models)
     service = Service(config, engine, jobs, caps)
@@ -69,6 +71,7 @@ def create_app(config: ServeConfig | None = None, engine: Any = None) -> Flask:
     install_hooks(app, server.api_key, server.cors_origins)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    jobs.restore(service.rebuild, service.reload)  # what the last run left: resumed or readable
     jobs.start()
     log.info("serving models: %s", ", ".join(m.name for m in service.models))
     if server.lora_dir is not None and not os.path.isdir(server.lora_dir):

@@ -7,6 +7,7 @@ and on exit stops it with SIGTERM and checks it shut down cleanly.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -41,6 +42,7 @@ class Server:
     input_dir: Path | None = None
     output_dir: Path | None = None
     http: requests.Session = field(default_factory=_direct_session)
+    crashed: bool = False
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", 300)
@@ -67,6 +69,20 @@ class Server:
             time.sleep(0.02)
         raise AssertionError(f"job {job_id} stuck: {seen[-1]}")
 
+    def workers(self) -> list[int]:
+        """Pids of gunicorn's worker processes (the arbiter's children)."""
+        pid = self.process.pid
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+    def crash(self) -> None:
+        """kill -9 of every process, as a power cut would: no handler runs, nothing drains.
+        (Killing only the arbiter would leave its worker running on, alone.)"""
+        for pid in self.workers():
+            os.kill(pid, signal.SIGKILL)
+        self.process.kill()
+        self.process.wait()
+        self.crashed = True
+
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
@@ -80,7 +96,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serve(config: Path, root: Path, env: Mapping[str, str]) -> Iterator[Server]:
     """The server on `config` with environment `env` (JAXVIDEO_CONFIG is set here); its log
-    is `root/server.log`."""
+    is `root/server.log`, its job store `root/state` unless the config names another."""
     url = f"http://127.0.0.1:{free_port()}"
     log = root / "server.log"
     with log.open("wb") as out:
@@ -88,7 +104,12 @@ def serve(config: Path, root: Path, env: Mapping[str, str]) -> Iterator[Server]:
         process = subprocess.Popen(
             [str(SERVER_COMMAND), "-b", url.removeprefix("http://")],
             cwd=root,
-            env={**env, "JAXVIDEO_CONFIG": str(config), "PYTHONUNBUFFERED": "1"},
+            env={
+                **env,
+                "JAXVIDEO_CONFIG": str(config),
+                "JAXVIDEO_STATE_DIR": str(root / "state"),  # a restart on `root` finds its jobs
+                "PYTHONUNBUFFERED": "1",
+            },
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -97,14 +118,20 @@ def serve(config: Path, root: Path, env: Mapping[str, str]) -> Iterator[Server]:
         _wait_healthy(handle)
         yield handle
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise AssertionError("server did not exit within 60 s of SIGTERM") from None
-        assert code == 0, f"server exited with {code}:\n{handle.log_tail()}"
+        if not handle.crashed:
+            _stop(handle)
+
+
+def _stop(server: Server) -> None:
+    """SIGTERM, then the server must exit cleanly within a minute."""
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        code = server.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+        raise AssertionError("server did not exit within 60 s of SIGTERM") from None
+    assert code == 0, f"server exited with {code}:\n{server.log_tail()}"
 
 
 def _wait_healthy(server: Server) -> None:

@@ -36,16 +36,18 @@ def test_the_installed_server_command_carries_its_gunicorn_settings(server):
 
 
 @pytest.fixture(scope="module")
-def auth_client(server, e2e_cache_dir):
+def auth_client(server, e2e_cache_dir, tmp_path_factory):
     """An app with `api_key` set, on the real engine; `server` built the demo model already."""
     previous = os.environ.get("JAXVIDEO_CACHE_DIR")
     os.environ["JAXVIDEO_CACHE_DIR"] = str(e2e_cache_dir)
     try:
         from webapp import create_app
 
+        state = tmp_path_factory.mktemp("state")
         config = parse_config(
             "models: [{name: demo, family: sd1, path: 'demo:sd1-tiny'}]\n"
-            "server: {api_key: s3cret, output_dir: /tmp, cors_origins: ['https://ui.example/']}\n"
+            "server: {api_key: s3cret, output_dir: /tmp, cors_origins: ['https://ui.example/'],"
+            f" state_dir: '{state}'}}\n"
         )
         app = create_app(config)
         yield app.test_client()

@@ -110,18 +110,23 @@ def test_relative_paths_resolve_against_the_yaml_folder(tmp_path):
         "models:\n"
         "  - {name: real, family: sd1, path: weights/sd15}\n"
         "  - {name: demo, family: sd1, path: 'demo:sd1-tiny'}\n"
-        "server: {output_dir: out, lora_dir: /abs/loras}\n"
+        "server: {output_dir: out, lora_dir: /abs/loras, state_dir: state}\n"
     )
     config = load_config(file)
     assert config.models[0].path == str(tmp_path / "weights" / "sd15")
     assert config.models[1].path == "demo:sd1-tiny" and config.models[1].is_demo
     assert config.server.output_dir == str(tmp_path / "out")
     assert config.server.lora_dir == "/abs/loras"
+    assert config.server.state_dir == str(tmp_path / "state")
 
 
-def test_output_dir_defaults_to_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("JAXVIDEO_OUTPUT_DIR", str(tmp_path))
-    assert parse_config(MODEL).server.output_dir == str(tmp_path)
+def test_output_and_state_dirs_default_to_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXVIDEO_OUTPUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("JAXVIDEO_STATE_DIR", str(tmp_path / "state"))
+    server = parse_config(MODEL).server
+    assert (server.output_dir, server.state_dir) == (str(tmp_path / "out"), str(tmp_path / "state"))
+    # null: the operator chose jobs in memory only.
+    assert parse_config(MODEL + "server: {state_dir: null}\n").server.state_dir is None
 
 
 def test_api_key_is_kept_out_of_the_repr():

@@ -27,7 +27,12 @@ def engine() -> Engine:
 
 @pytest.fixture
 def app_client(engine, tmp_path):
-    config = config_from_dict({"models": MODELS, "server": {"output_dir": str(tmp_path)}})
+    config = config_from_dict(
+        {
+            "models": MODELS,
+            "server": {"output_dir": str(tmp_path), "state_dir": str(tmp_path / "state")},
+        }
+    )
     app = create_app(config, engine=engine)
     yield app.test_client()
     app.extensions["jaxvideo"].jobs.shutdown()

@@ -248,6 +248,7 @@ def app_client(engine, tmp_path):
             "server": {
                 "output_dir": str(tmp_path / "out"),
                 "input_dir": str(tmp_path / "in"),
+                "state_dir": str(tmp_path / "state"),
                 "max_queue_size": 3,
                 "max_steps": LONG_STEPS,
             },

@@ -7,6 +7,11 @@ Synchronous endpoints submit here too and `wait`, so all generation is ordered i
 Request batching: a job submitted with a `Batch` may run in one call together with later queued
 jobs whose batch key is equal (`Batch.run_batch` over their items). Such jobs generate together
 and share progress, but each one ends with its own status, result or error, and its own cancel.
+
+Durability: with a `JobStore`, every job is recorded as it moves, and a result that can be
+`stored()` is written to disk; `restore` brings a store's jobs back after a restart (resumable
+queued ones run again, finished ones stay readable until retention ends). A resumable job is
+rebuilt from its `spec`; a shutdown leaves such jobs queued for the next start.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
 
 from jaxvideo.errors import Cancelled, InvalidRequest
+from webapp.core.store import JobRecord, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,14 @@ BatchRunFn = Callable[[list[Any], ProgressFn, list[CancelledFn]], list[Any]]
 CANCELLED_BY_CLIENT = {"code": "cancelled", "message": "job cancelled by client"}
 # A synchronous request whose client hung up: nobody is left to read the result.
 CLIENT_GONE = {"code": "cancelled", "message": "client disconnected"}
+# A job a restart found unfinished and could not run again (nobody waits for a synchronous
+# one any more; a resumable one gets one more run).
+INTERRUPTED_BY_RESTART = {
+    "code": "interrupted_by_restart",
+    "message": "the server restarted while this job was queued or generating",
+}
+# Runs a restart may cut short before the job is failed instead of queued again.
+MAX_RESTARTS = 1
 CANCELLED_BY_SHUTDOWN = {"code": "cancelled", "message": "server shutting down"}
 # A1111's interrupt/skip stop whatever is generating; the code stays "cancelled" so sdcpp
 # clients polling that job see the state they know, the message says who stopped it.
@@ -63,6 +79,19 @@ class Batch:
     item: Any
     run_batch: BatchRunFn
     limit: int
+
+
+@runtime_checkable
+class StoredResult(Protocol):
+    """A result the store keeps on disk: its files and a JSON manifest naming them."""
+
+    def stored(self) -> tuple[Mapping[str, bytes], Mapping[str, Any]]: ...
+
+
+# A stored job made runnable again: (run, batch or None, meta), from its record.
+RebuildFn = Callable[[JobRecord], tuple[RunFn, Batch | None, Any]]
+# A finished stored job's (result or None, meta), from its record.
+ReloadFn = Callable[[JobRecord], tuple[Any, Any]]
 
 
 class QueueFull(Exception):
@@ -100,7 +129,8 @@ class _Job:
     total: int = 0
     result: Any = None
     error: dict[str, str] | None = None
-    finished_at: float | None = None  # monotonic, drives retention
+    finished_at: float | None = None  # wall clock (it survives restarts), drives retention
+    resumable: bool = False  # its client polls by id: a restart runs it again
     cancel_flag: threading.Event = field(default_factory=threading.Event)
     cancel_error: dict[str, str] | None = None  # why the flag was set, reported when it ends
     done: threading.Event = field(default_factory=threading.Event)
@@ -158,6 +188,7 @@ class JobTable:
         job_retention_s: float = 600,
         expired_retention_s: float = 600,
         name: str = "jaxvideo-worker",
+        store: JobStore | None = None,
     ) -> None:
         self.max_queue_size = max_queue_size
         self.job_retention_s = job_retention_s
@@ -168,7 +199,8 @@ class JobTable:
         self._jobs: dict[str, _Job] = {}
         self._queue: deque[_Job] = deque()
         self._running: list[_Job] = []  # the jobs of the call in progress, oldest first
-        self._tombstones: dict[str, float] = {}  # id -> monotonic time it turns 404
+        self._tombstones: dict[str, float] = {}  # id -> wall time it turns 404
+        self.store = store
         self._accepting = True
         self._stopping = False
         self._worker: threading.Thread | None = None
@@ -203,8 +235,13 @@ class JobTable:
         self._accepting = False
         now = time.time()
         with self._lock:
-            while self._queue:
-                self._finish_locked(self._queue.popleft(), CANCELLED, now, CANCELLED_BY_SHUTDOWN)
+            # Resumable jobs stay queued in the store for the next start; the others (a
+            # synchronous client waits for them) end now, and their clients hear 503.
+            for job in list(self._queue):
+                if not (job.resumable and self.store is not None):
+                    self._queue.remove(job)
+                    self._finish_locked(job, CANCELLED, now, CANCELLED_BY_SHUTDOWN)
+                    self._store_end_locked(job)
             running = list(self._running)
         deadline = time.monotonic() + drain_s
         for job in running:
@@ -219,7 +256,78 @@ class JobTable:
             if worker.is_alive():
                 log.warning("job worker still running after %.1f s; leaving it", join_s)
                 return False
+        if self.store is not None:
+            self.store.close()  # the next server may take the folder
         return True
+
+    def restore(self, rebuild: RebuildFn, reload: ReloadFn) -> None:
+        """Brings the store's jobs back after a restart; call before `start`.
+
+        Queued jobs run again in their order; one a restart stopped while generating runs once
+        more (`MAX_RESTARTS`), and a job that is not resumable (a synchronous client
+        was waiting for it) fails with `interrupted_by_restart`. Finished jobs stay readable
+        until their retention ends, then answer 410 for `expired_retention_s`."""
+        if self.store is None:
+            return
+        now = time.time()
+        with self._lock:
+            for record in self.store.records():
+                if record.status in TERMINAL or record.expired:
+                    self._restore_finished_locked(record, reload, now)
+                else:
+                    self._restore_unfinished_locked(record, rebuild, reload)
+            if self._jobs or self._queue:
+                log.info(
+                    "restored %d job(s) from %s, %d queued to run",
+                    len(self._jobs), self.store.folder, len(self._queue),
+                )  # fmt: skip
+
+    def _restore_finished_locked(self, record: JobRecord, reload: ReloadFn, now: float) -> None:
+        finished_at = record.completed or record.created
+        gone_at = finished_at + self.job_retention_s + self.expired_retention_s
+        if now >= gone_at:
+            self.store.forget(record.id)
+        elif record.expired or now - finished_at >= self.job_retention_s:
+            self.store.expire(record.id)
+            self._tombstones[record.id] = gone_at
+        else:
+            result, meta = _reloaded(reload, record)
+            self._jobs[record.id] = self._record_job(record, meta, result, finished_at)
+
+    def _restore_unfinished_locked(
+        self, record: JobRecord, rebuild: RebuildFn, reload: ReloadFn
+    ) -> None:
+        again = record.resumable and (record.status == QUEUED or record.attempts < MAX_RESTARTS)
+        error: dict[str, str] = INTERRUPTED_BY_RESTART
+        if again:
+            rebuilt = outcome_of(rebuild, record)
+            if not isinstance(rebuilt, Exception):
+                run, batch, meta = rebuilt
+                if record.status == GENERATING:
+                    self.store.requeue(record.id)
+                job = _Job(record.id, record.kind, run, meta, int(record.created), batch=batch)
+                job.resumable = True
+                self._jobs[job.id] = job
+                self._queue.append(job)
+                return
+            # The request no longer checks out (a model left the config, ...).
+            error = {"code": "invalid_request", "message": str(rebuilt)}
+        _, meta = _reloaded(reload, record)
+        job = self._record_job(record, meta, None, time.time())
+        job.status, job.error = FAILED, error
+        self._jobs[job.id] = job
+        self.store.finished(job.id, FAILED, job.finished_at, error)
+
+    @staticmethod
+    def _record_job(record: JobRecord, meta: Any, result: Any, finished_at: float) -> _Job:
+        """A finished job as its record describes it."""
+        job = _Job(record.id, record.kind, _spent, meta, int(record.created))
+        job.status, job.error, job.result = record.status, record.error, result
+        job.started = None if record.started is None else int(record.started)
+        job.completed, job.finished_at = int(finished_at), finished_at
+        job.step, job.total = record.step, record.total
+        job.done.set()
+        return job
 
     # -- client operations ------------------------------------------------------------------
 
@@ -230,10 +338,15 @@ class JobTable:
         meta: Any = None,
         job_id: str | None = None,
         batch: Batch | None = None,
+        spec: Mapping[str, Any] | None = None,
+        arrays: Mapping[str, np.ndarray] | None = None,
+        resumable: bool = False,
     ) -> JobView:
         """Queues `run` under `job_id` (default: a fresh unguessable `new_job_id()`), to be
         batched with compatible jobs when `batch` is given; raises `ShuttingDown`, `JobExists`
-        or `QueueFull`."""
+        or `QueueFull`. With a store, the job is recorded first; `spec` (JSON) and `arrays`
+        are what a restart needs to rebuild a `resumable` job (one whose client polls by id;
+        a synchronous one's client is gone after a restart)."""
         self.start()
         with self._lock:
             if not self._accepting:
@@ -248,6 +361,9 @@ class JobTable:
             now = time.time()
             job_id = job_id or new_job_id()
             job = _Job(id=job_id, kind=kind, run=run, meta=meta, created=int(now), batch=batch)
+            job.resumable = resumable and spec is not None
+            if self.store is not None:  # recorded before anyone hears it was accepted
+                self.store.add(job_id, kind, now, spec, arrays, job.resumable)
             self._jobs[job_id] = job
             self._queue.append(job)
             self._wakeup.notify()
@@ -266,6 +382,7 @@ class JobTable:
             if job.status == QUEUED:
                 self._queue.remove(job)
                 self._finish_locked(job, CANCELLED, time.time(), reason)
+                self._store_end_locked(job)
             elif job.status == GENERATING:
                 self._flag_locked(job, reason)
             return self._view_locked(job)
@@ -281,6 +398,8 @@ class JobTable:
             elif job.status == GENERATING:
                 self._flag_locked(job, CANCELLED_BY_CLIENT)
             del self._jobs[job_id]
+            if self.store is not None:
+                self.store.forget(job_id)
             return self._view_locked(job)
 
     def views(self, predicate: Callable[[JobView], bool] | None = None) -> list[JobView]:
@@ -335,6 +454,8 @@ class JobTable:
                     job.status = GENERATING
                     job.started = started
                 self._running = jobs
+                if self.store is not None:
+                    self.store.started([job.id for job in jobs], started)
             if len(jobs) > 1:
                 ids = " ".join(job.id for job in jobs)
                 log.info("running %d jobs as one batch: %s", len(jobs), ids)
@@ -366,12 +487,29 @@ class JobTable:
         else:
             outcomes = self._run_batch(jobs, progress)
         settled = [self._settle(job, outcome) for job, outcome in zip(jobs, outcomes, strict=True)]
+        for job, (status, result, error) in zip(jobs, settled, strict=True):
+            self._store_outcome(job, status, result, error)  # files on disk, outside the lock
         with self._lock:
             for job, (status, result, error) in zip(jobs, settled, strict=True):
                 job.result = result
                 self._finish_locked(job, status, time.time(), error)
             self._running = []
             self._prune_locked()
+
+    def _store_outcome(self, job: _Job, status: str, result: Any, error: Any) -> None:
+        """Records how a run ended: a resumable job a shutdown stopped goes back to the queue
+        for the next start; any other writes its result files and its end."""
+        if self.store is None:
+            return
+        if status == CANCELLED and error == CANCELLED_BY_SHUTDOWN and job.resumable:
+            self.store.requeue(job.id)
+            return
+        files, manifest = result.stored() if isinstance(result, StoredResult) else ({}, None)
+        try:
+            progress = (job.step, job.total)  # the worker's own job: its progress is final
+            self.store.finished(job.id, status, time.time(), error, files, manifest, progress)
+        except OSError:  # a full disk fails this job's record, never the worker
+            log.exception("could not store the result of job %s", job.id)
 
     def _run_batch(self, jobs: list[_Job], progress: ProgressFn) -> list[Any]:
         """One `run_batch` call for all `jobs`: one result or exception per job."""
@@ -418,7 +556,7 @@ class JobTable:
         job.status = status
         job.error = error
         job.completed = int(now)
-        job.finished_at = time.monotonic()
+        job.finished_at = now
         job.run = _spent  # drop the closure (and the request/engine refs it holds)
         job.batch = None
         job.done.set()
@@ -433,16 +571,26 @@ class JobTable:
         raise JobNotFound(job_id)
 
     def _prune_locked(self) -> None:
-        now = time.monotonic()
+        now = time.time()
         for job_id, job in list(self._jobs.items()):
             if job.finished_at is not None and now - job.finished_at >= self.job_retention_s:
                 del self._jobs[job_id]
                 self._tombstones[job_id] = job.finished_at + (
                     self.job_retention_s + self.expired_retention_s
                 )
+                if self.store is not None:
+                    self.store.expire(job_id)
         for job_id, gone_at in list(self._tombstones.items()):
             if now >= gone_at:
                 del self._tombstones[job_id]
+                if self.store is not None:
+                    self.store.forget(job_id)
+
+    def _store_end_locked(self, job: _Job) -> None:
+        """Records a job that ended without running (cancelled while queued)."""
+        if self.store is not None:
+            when = job.finished_at or time.time()
+            self.store.finished(job.id, job.status, when, job.error, progress=(job.step, job.total))
 
     def _view_locked(self, job: _Job) -> JobView:
         position = 0
@@ -472,6 +620,15 @@ def outcome_of(fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)
     except Exception as exc:
         return exc
+
+
+def _reloaded(reload: ReloadFn, record: JobRecord) -> tuple[Any, Any]:
+    """(result, meta) of a stored job; (None, None) when its files or spec are unreadable."""
+    loaded = outcome_of(reload, record)
+    if isinstance(loaded, Exception):
+        log.warning("job %s: cannot read its stored result: %s", record.id, loaded)
+        return None, None
+    return loaded
 
 
 def _spent(progress: ProgressFn, cancelled: CancelledFn) -> Any:

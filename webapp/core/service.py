@@ -17,7 +17,8 @@ import importlib.metadata
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -27,6 +28,7 @@ from jaxvideo.config import ConfigError, ServeConfig, ServerConfig
 from jaxvideo.errors import InvalidRequest
 from jaxvideo.media import VIDEO_FORMATS, encode_image, encode_video
 from jaxvideo.request import GenerationRequest, build_request
+from jaxvideo.request_codec import decode_request, encode_request
 from jaxvideo.results import GenerationResult, ModelInfo
 from webapp.core.capabilities import Capabilities
 from webapp.core.checks import check_fields, check_request, check_text
@@ -49,6 +51,8 @@ from webapp.core.jobs import (
 )
 from webapp.core.outputs import OutputOptions, VideoOutput
 from webapp.core.references import confined, output_file
+from webapp.core.results import EncodedImage, ImageResult, VideoJob, VideoResult, stored_result
+from webapp.core.store import JobRecord
 
 # How often a waiting synchronous request checks that its client is still there.
 CLIENT_CHECK_S = 0.5
@@ -63,57 +67,6 @@ class DeferredField(Protocol):
     tiles, a hires scale): `settle` returns the request with its final value."""
 
     def settle(self, request: GenerationRequest, limits: ServerConfig) -> GenerationRequest: ...
-
-
-@dataclass(frozen=True)
-class EncodedImage:
-    index: int
-    data: bytes
-    seed: int
-
-
-@dataclass(frozen=True)
-class VideoJob:
-    """What a video job's surfaces report before it finishes (the job's `meta`)."""
-
-    surface: str  # "openai" (/v1/videos*) or "sdcpp"
-    model: str
-    prompt: str
-    width: int
-    height: int
-    num_frames: int  # the count the model will really make (Wan: 4n + 1)
-    fps: int
-    seed: int
-    return_state: bool
-
-
-@dataclass(frozen=True)
-class VideoResult:
-    """A finished video job: the encoded container plus what the surfaces echo back."""
-
-    data: bytes
-    output_format: str
-    mime_type: str
-    fps: int
-    frame_count: int
-    seed: int
-    inference_time_s: float
-    thumbnail: bytes | None  # WebP of the first frame (OpenAI's `variant=thumbnail`)
-    state: dict[str, Any] | None
-    file_path: str | None  # the MP4 copy written for `output_path`
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    """A finished image job: encoded files plus what the surfaces echo back."""
-
-    images: list[EncodedImage]
-    output_format: str
-    request: GenerationRequest
-    model: str
-    infotexts: list[str]
-    info: dict[str, Any] = field(default_factory=dict)
-    img2img: bool = False  # the request had an init image (`request` drops the pixels)
 
 
 class Service:
@@ -203,7 +156,24 @@ class Service:
 
     # -- image jobs -------------------------------------------------------------------------
 
-    def submit_images(self, prepared: PreparedRequest, output: OutputOptions) -> JobView:
+    def submit_images(
+        self, prepared: PreparedRequest, output: OutputOptions, resumable: bool = False
+    ) -> JobView:
+        """Queues an image job whose worker encodes the images. A `resumable` job (an async
+        surface's: its client polls it by id) runs again after a restart."""
+        run, batch = self._image_job(prepared, output)
+        spec, arrays = job_spec("images", prepared, output)
+        return self.jobs.submit(
+            prepared.request.mode,
+            run,
+            batch=batch,
+            spec=spec,
+            arrays=arrays,
+            resumable=resumable,
+        )
+
+    def _image_job(self, prepared: PreparedRequest, output: OutputOptions):
+        """(run, batch) of an image job."""
         request = prepared.request
         default_scheduler = self.model_info(request.model).defaults.get("scheduler")
 
@@ -230,7 +200,7 @@ class Service:
         def run(progress, cancelled) -> ImageResult:
             return encode(self.engine.generate(prepared, progress=progress, cancelled=cancelled))
 
-        return self.jobs.submit(request.mode, run, batch=self._image_batch(prepared, encode))
+        return run, self._image_batch(prepared, encode)
 
     def _image_batch(
         self, prepared: PreparedRequest, encode: Callable[[GenerationResult], ImageResult]
@@ -271,12 +241,14 @@ class Service:
         output: VideoOutput,
         surface: str,
         job_id: str | None = None,
+        resumable: bool = False,
     ) -> JobView:
         """Queues a vid_gen job whose worker encodes the container (and, on the OpenAI
         surface, a WebP thumbnail, and the MP4 copy at `output.output_path`).
 
         OpenAI-surface jobs get OpenAI-style ids (`video_<hex>`) unless the client chose one;
-        an `output_path` folder is named after that id, so it is checked (400) before queuing."""
+        an `output_path` folder is named after that id, so it is checked (400) before queuing.
+        A `resumable` job runs again after a restart."""
         request = prepared.request
         info = self.model_info(request.model)
         if surface == "openai":
@@ -289,6 +261,16 @@ class Service:
             info.frames_for(request.num_frames), request.fps, request.seed,
             request.return_state,
         )  # fmt: skip
+        run = self._video_job(prepared, output, surface, copy_to)
+        spec, arrays = job_spec("video", prepared, output, meta=meta, copy_to=copy_to)
+        return self.jobs.submit(
+            "vid_gen", run, meta, job_id=job_id, spec=spec, arrays=arrays, resumable=resumable
+        )
+
+    def _video_job(
+        self, prepared: PreparedRequest, output: VideoOutput, surface: str, copy_to: str | None
+    ):
+        request = prepared.request
 
         def run(progress, cancelled) -> VideoResult:
             started = time.monotonic()
@@ -312,7 +294,7 @@ class Service:
                 file_path=copy_to,
             )
 
-        return self.jobs.submit("vid_gen", run, meta, job_id=job_id)
+        return run
 
     def generate_video(
         self,
@@ -337,6 +319,33 @@ class Service:
             if connected is not None and not connected():
                 return self.jobs.cancel(job_id, CLIENT_GONE)
 
+    # -- after a restart ----------------------------------------------------------------------
+
+    def rebuild(self, record: JobRecord) -> tuple[Any, Batch | None, VideoJob | None]:
+        """A stored job made runnable again: its request is checked and prepared anew
+        (InvalidRequest: it no longer fits this server, and the job fails with that message)."""
+        spec = record.spec
+        request = decode_request(spec["request"], self.jobs.store.inputs(record.id))
+        try:  # checked again: the limits or the served models may have changed
+            check_request(request, self.model_for(request.mode, request.model), self.caps)
+            prepared = self.engine.prepare(request)
+        except ApiError as exc:
+            raise InvalidRequest(" ".join(filter(None, (exc.message, exc.detail)))) from exc
+        if spec["type"] == "images":
+            run, batch = self._image_job(prepared, OutputOptions(**spec["output"]))
+            return run, batch, None
+        meta = VideoJob(**spec["meta"])
+        output = VideoOutput(**spec["output"])
+        return self._video_job(prepared, output, meta.surface, spec["copy_to"]), None, meta
+
+    def reload(self, record: JobRecord) -> tuple[Any, VideoJob | None]:
+        """A finished stored job's result (its files read back) and meta."""
+        spec = record.spec or {}
+        meta = VideoJob(**spec["meta"]) if spec.get("meta") else None
+        if record.manifest is None:
+            return None, meta
+        return stored_result(record.manifest, partial(self.jobs.store.read, record.id)), meta
+
     def infotext(self, request: GenerationRequest, seed: int, default_scheduler: Any) -> str:
         params = infotext_params(
             steps=request.steps,
@@ -353,6 +362,18 @@ class Service:
             version=f"jaxvideo {self.version}",
         )
         return infotext(request.prompt, request.negative_prompt, params)
+
+
+def job_spec(
+    kind: str, prepared: PreparedRequest, output: Any, **extra: Any
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """What the store keeps to run a job again: its request (images apart), how to encode
+    it, and the surface's meta."""
+    request, arrays = encode_request(prepared.request)
+    spec = {"type": kind, "request": request, "output": dataclasses.asdict(output)}
+    for key, value in extra.items():
+        spec[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return spec, arrays
 
 
 def init_image_size(

@@ -14,8 +14,9 @@ from jaxvideo.results import ModelInfo
 from webapp.core.errors import ApiError
 from webapp.core.http import client_connected, json_body
 from webapp.core.openapi import RouteDoc
+from webapp.core.results import ImageResult
 from webapp.core.schemas import load
-from webapp.core.service import ImageResult, service
+from webapp.core.service import service
 from webapp.openai.edits import EDIT_NAMES, edit_fields, read_upload
 from webapp.openai.schemas import (
     ImageEditSchema,

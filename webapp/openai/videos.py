@@ -18,8 +18,9 @@ from webapp.core.errors import ApiError, invalid
 from webapp.core.http import check_body_complete, client_connected, json_body
 from webapp.core.jobs import CANCELLED, COMPLETED, FAILED, GENERATING, QUEUED, JobView
 from webapp.core.openapi import RouteDoc
+from webapp.core.results import VideoJob
 from webapp.core.schemas import load
-from webapp.core.service import Service, VideoJob, service
+from webapp.core.service import Service, service
 from webapp.openai.forms import form_to_json
 from webapp.openai.schemas import (
     VideoContentQuerySchema,
@@ -73,7 +74,7 @@ DOCS = (
 @bp.post("/videos")
 def create_video() -> Response:
     svc = service()
-    view = svc.submit_video(*_parse(svc, _request_body()))
+    view = svc.submit_video(*_parse(svc, _request_body()), resumable=True)
     return _video_response(svc, view)
 
 

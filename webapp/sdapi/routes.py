@@ -26,8 +26,9 @@ from webapp.core.loras import available_loras
 from webapp.core.names import display_name, sampler_aliases, scheduler_aliases, scheduler_label
 from webapp.core.openapi import RouteDoc
 from webapp.core.outputs import OutputOptions, apply_output
+from webapp.core.results import ImageResult
 from webapp.core.schemas import load
-from webapp.core.service import ImageResult, service
+from webapp.core.service import service
 from webapp.sdapi.options import EXTENSION, SdapiOptions, sdapi_options
 from webapp.sdapi.schemas import (
     Img2ImgSchema,

@@ -15,8 +15,9 @@ from webapp.core.jobs import COMPLETED, JobView
 from webapp.core.loras import available_loras
 from webapp.core.openapi import RouteDoc
 from webapp.core.outputs import DEFAULT_VIDEO_QUALITY, OutputOptions, VideoOutput, apply_output
+from webapp.core.results import ImageResult, VideoResult
 from webapp.core.schemas import load
-from webapp.core.service import ImageResult, VideoResult, service
+from webapp.core.service import service
 from webapp.sdcpp.discovery import FEATURES, MODE_DEFAULTS, mode_features, model_entry
 from webapp.sdcpp.schemas import ImgGenSchema, JobSchema, JobSubmittedSchema, VidGenSchema
 from webapp.sdcpp.translate import NAMES, VIDEO_FORMATS, sdcpp_fields, vidgen_fields
@@ -80,7 +81,8 @@ def img_gen() -> tuple[Response, int]:
     data = load(ImgGenSchema(), json_body())
     fields, output = sdcpp_fields(data, svc.caps)
     prepared = svc.resolve({**fields, "mode": "img_gen"}, NAMES)
-    return submitted(svc.submit_images(prepared, apply_output(OutputOptions(), output)))
+    options = apply_output(OutputOptions(), output)
+    return submitted(svc.submit_images(prepared, options, resumable=True))
 
 
 @bp.post("/vid_gen")
@@ -93,7 +95,7 @@ def vid_gen() -> tuple[Response, int]:
         output.get("output_format", VIDEO_FORMATS[0]),
         output.get("quality", DEFAULT_VIDEO_QUALITY),
     )
-    return submitted(svc.submit_video(prepared, options, "sdcpp"))
+    return submitted(svc.submit_video(prepared, options, "sdcpp", resumable=True))
 
 
 def submitted(view: JobView) -> tuple[Response, int]:
