@@ -17,7 +17,7 @@ from jaxvideo.config import ServeConfig, load_config
 from webapp.core import health
 from webapp.core.capabilities import Capabilities
 from webapp.core.errors import register_error_handlers
-from webapp.core.http import install_hooks
+from webapp.core.http import install_hooks, waiting_routes
 from webapp.core.jobs import JobTable
 from webapp.core.openapi import build_openapi
 from webapp.core.service import Service
@@ -71,6 +71,7 @@ def create_app(config: ServeConfig | None = None, engine: Any = None) -> Flask:
     install_hooks(app, server.api_key, server.cors_origins)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    app.extensions["jaxvideo.waiting_routes"] = waiting_routes(app)  # read by webapp/worker.py
     jobs.restore(service.rebuild, service.reload)  # what the last run left: resumed or readable
     jobs.start()
     log.info("serving models: %s", ", ".join(m.name for m in service.models))

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 
 bind = os.environ.get("JAXVIDEO_BIND", "127.0.0.1:8000")
 workers = 1
-worker_class = "gthread"
-threads = 8
+# gthread, reading each request whole before a thread serves it, with a separate pool for
+# control routes and a draining stop (webapp/worker.py).
+worker_class = "webapp.worker.JaxvideoWorker"
+threads = 8  # for generation routes; control routes have their own
 # The arbiter kills a worker silent for this long; the worker also needs it to load the models
 # (and build the demo ones) before it first reports in, so keep it generous.
 timeout = 600
@@ -33,21 +34,6 @@ def _webapp():
     return sys.modules.get("webapp")
 
 
-def post_worker_init(worker):
-    # gunicorn's SIGTERM handler only stops the accept loop; chain it so the job table stops
-    # taking new jobs at once (503) while in-flight requests drain for graceful_timeout.
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum, frame):
-        module = _webapp()
-        if module is not None:
-            module.close_intake()
-        if callable(previous):
-            previous(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_term)
-
-
 def worker_int(worker):
     module = _webapp()
     if module is not None:
@@ -55,10 +41,10 @@ def worker_int(worker):
 
 
 def worker_exit(server, worker):
-    # The HTTP side has drained; stop the job thread, cancelling what still runs, so the process
-    # exits promptly. A thread stuck inside XLA (compiling) cannot be interrupted, and letting
-    # the interpreter tear down around it aborts the process, so leave without finalisation.
+    # The worker drained on SIGTERM (webapp/worker.py); on any other exit stop the job thread
+    # now. A thread stuck inside XLA (compiling) cannot be interrupted, and letting the
+    # interpreter tear down around it aborts the process, so leave without finalisation.
     module = _webapp()
-    if module is not None and not module.shutdown(drain_s=0.0, join_s=10.0):
+    if module is not None and not module.shutdown(drain_s=0.0, join_s=2.0):
         logging.shutdown()
         os._exit(0)

@@ -30,9 +30,10 @@ def test_importing_webapp_builds_no_app_and_loads_no_engine():
 
 def test_the_installed_server_command_carries_its_gunicorn_settings(server):
     # The e2e server runs `jaxvideo-server` outside the repo, where no gunicorn.conf.py is: the
-    # packaged settings apply (gthread threads, not the sync worker with its 30 s timeout).
+    # packaged settings apply (jaxvideo's gthread worker, not the sync worker with its 30 s
+    # timeout).
     assert Path(server.process.args[0]).name == "jaxvideo-server"
-    assert "Using worker: gthread" in server.log.read_text()
+    assert "Using worker: webapp.worker.JaxvideoWorker" in server.log.read_text()
 
 
 @pytest.fixture(scope="module")

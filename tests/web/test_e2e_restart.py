@@ -8,9 +8,13 @@ These servers are this module's own (its own xdist group), on one folder that ou
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
+import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -128,3 +132,50 @@ def test_a_killed_worker_is_replaced_and_the_new_one_resumes(restartable):
             time.sleep(0.1)  # gunicorn's arbiter boots a new worker on the same folder
         assert finished(server, long)["progress"] == {"step": LONG, "total": LONG}
         assert finished(server, queued)["result"]["images"][0]["seed"] == 9
+
+
+def test_sigterm_under_load_answers_every_client_and_keeps_the_async_jobs(restartable):
+    with restartable() as first, ThreadPoolExecutor(2) as pool:
+        long = submit(first, seed=10, steps=LONG)
+        queued = submit(first, seed=11)
+        waiting = [
+            pool.submit(first.post, "/sdapi/v1/txt2img", json={"prompt": "s", "seed": seed})
+            for seed in (12, 13)
+        ]
+        address = urlsplit(first.url)
+        half = socket.create_connection((address.hostname, address.port), timeout=60)
+        body = json.dumps({"prompt": "late upload", "seed": 14}).encode()
+        half.sendall(
+            b"POST /sdcpp/v1/img_gen HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:10]
+        )
+        wait_generating(first, long)
+        first.process.send_signal(signal.SIGTERM)
+
+        # Draining: still answering, new work refused with 503 in each surface's envelope.
+        health = first.get("/health")
+        while health.status_code == 200:
+            health = first.get("/health")
+        assert health.json() == {"status": "shutting_down"}
+        refused = first.post("/sdcpp/v1/img_gen", json={"prompt": "too late"})
+        assert (refused.status_code, refused.json()["error"]) == (503, "server is shutting down")
+        assert first.get(f"/sdcpp/v1/jobs/{queued}").json()["status"] == "queued"
+        half.sendall(body[10:])  # the rest of the half-uploaded request: answered, not reset
+        reply = b""
+        while chunk := half.recv(65536):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 503") and b"server is shutting down" in reply
+        half.close()
+        # The synchronous clients get their images, or a 503 if their job had not started.
+        for future in waiting:
+            response = future.result()
+            assert response.status_code in (200, 503), response.text
+            if response.status_code == 503:
+                assert response.json()["error"] == "server is shutting down"
+        assert first.process.wait(timeout=60) == 0
+        assert "draining the job table" in first.log.read_text()
+
+    with restartable() as second:
+        assert finished(second, long)["progress"]["total"] == LONG
+        assert finished(second, queued)["result"]["images"][0]["seed"] == 11

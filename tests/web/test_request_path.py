@@ -121,3 +121,16 @@ def test_what_only_the_model_refuses_is_a_400_before_any_job(app_client, validat
     assert "at most 50 steps" in response.json["error"]
     assert validations == ["a fox"]  # refused by the model's validate, once
     assert app_client.get("/sdapi/v1/progress").json["state"]["job"] == ""  # no job was made
+
+
+def test_the_synchronous_generation_routes_are_marked_as_waiting(app_client):
+    # The server worker gives these their own thread pool (webapp/worker.py); a sync route left
+    # unmarked would take threads from status polls and cancels while it waits.
+    assert app_client.application.extensions["jaxvideo.waiting_routes"] == {
+        "/v1/images/generations",
+        "/v1/images",
+        "/v1/images/edits",
+        "/v1/videos/generations",
+        "/sdapi/v1/txt2img",
+        "/sdapi/v1/img2img",
+    }

@@ -80,26 +80,34 @@ def surface_of(path: str) -> str:
     return "plain"
 
 
-def error_response(error: ApiError, surface: str | None = None) -> Response:
-    surface = surface or surface_of(request.path)
-    body: dict[str, Any]
+def error_body(error: ApiError, surface: str) -> dict[str, Any]:
+    """The JSON an error answers on `surface` (also written by the server worker, outside
+    Flask, for requests it refuses before the app sees them)."""
     if surface == "openai":
         message = f"{error.message}: {error.detail}" if error.detail else error.message
         kind, code = "server_error" if error.status >= 500 else "invalid_request_error", error.code
         if error.status == 429:  # what OpenAI's API answers when it is out of capacity
             kind, code = "requests", "rate_limit_exceeded"
-        body = {"error": {"message": message, "type": kind, "code": code, "param": error.param}}
-    else:
-        body = {"error": error.message}
-        if error.detail:
-            body[{"sdapi": "detail", "sdcpp": "message"}.get(surface, "detail")] = error.detail
-    response = jsonify(body)
-    response.status_code = error.status
-    response.headers.update(error.headers)
+        return {"error": {"message": message, "type": kind, "code": code, "param": error.param}}
+    body = {"error": error.message}
+    if error.detail:
+        body[{"sdapi": "detail", "sdcpp": "message"}.get(surface, "detail")] = error.detail
+    return body
+
+
+def error_headers(error: ApiError) -> dict[str, str]:
+    headers = dict(error.headers)
     if not error.retryable:
-        response.headers["x-should-retry"] = "false"
+        headers["x-should-retry"] = "false"
     if error.status == 401:
-        response.headers["WWW-Authenticate"] = "Bearer"
+        headers["WWW-Authenticate"] = "Bearer"
+    return headers
+
+
+def error_response(error: ApiError, surface: str | None = None) -> Response:
+    response = jsonify(error_body(error, surface or surface_of(request.path)))
+    response.status_code = error.status
+    response.headers.update(error_headers(error))
     return response
 
 

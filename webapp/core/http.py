@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import select
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,22 @@ PUBLIC_PATHS = frozenset(("/health",))
 # No request schema nests more than a few levels; deeper documents are refused before any code
 # walks them recursively (Python's parser itself fails near 1,000 levels).
 MAX_JSON_DEPTH = 32
+
+
+def waits_for_generation(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks a synchronous generation route: its request holds a thread until its job ends,
+    so the server worker serves it on a pool of its own (webapp/worker.py)."""
+    view.waits_for_generation = True  # type: ignore[attr-defined]
+    return view
+
+
+def waiting_routes(app: Flask) -> frozenset[str]:
+    """The paths of the routes marked `waits_for_generation`."""
+    return frozenset(
+        rule.rule
+        for rule in app.url_map.iter_rules()
+        if getattr(app.view_functions[rule.endpoint], "waits_for_generation", False)
+    )
 
 
 def json_body() -> Any:
@@ -45,11 +62,15 @@ def client_connected() -> Callable[[], bool]:
         return lambda: True
 
     def connected() -> bool:
+        # Polled first: with a send timeout on the socket, Python's recv would wait for data
+        # for that long whatever MSG_DONTWAIT says.
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
         try:
-            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
-        except BlockingIOError:  # nothing to read: still open
-            return True
-        except OSError:
+            if not poller.poll(0):
+                return True  # nothing to read: still open
+            return sock.recv(1, socket.MSG_PEEK) != b""
+        except (OSError, ValueError):
             return False
 
     return connected

@@ -231,8 +231,17 @@ class JobTable:
         before flagging them cancelled, and joins the worker for up to `join_s`.
 
         Returns False when the worker is still busy (e.g. inside a compilation that cannot be
-        interrupted between sampler steps)."""
+        interrupted between sampler steps): its jobs are then ended here (requeued in the store
+        when resumable), so no client waits on them. A second call only waits for the worker.
+        """
         self._accepting = False
+        with self._lock:
+            again, self._stopping = self._stopping, True
+            worker = self._worker
+        if again:
+            if worker is not None:
+                worker.join(join_s)
+            return worker is None or not worker.is_alive()
         now = time.time()
         with self._lock:
             # Resumable jobs stay queued in the store for the next start; the others (a
@@ -246,19 +255,34 @@ class JobTable:
         deadline = time.monotonic() + drain_s
         for job in running:
             if not job.done.wait(max(deadline - time.monotonic(), 0.0)):
-                job.cancel_flag.set()
+                with self._lock:
+                    self._flag_locked(job, CANCELLED_BY_SHUTDOWN)
         with self._lock:
-            self._stopping = True
             self._wakeup.notify_all()
-            worker = self._worker
         if worker is not None:
             worker.join(join_s)
             if worker.is_alive():
                 log.warning("job worker still running after %.1f s; leaving it", join_s)
+                self._abandon_running()
                 return False
         if self.store is not None:
             self.store.close()  # the next server may take the folder
         return True
+
+    def _abandon_running(self) -> None:
+        """Ends the jobs of a worker that did not stop, so their waiting clients hear 503 (a
+        resumable one is back in the store's queue for the next start)."""
+        now = time.time()
+        with self._lock:
+            for job in self._running:
+                if job.status != GENERATING:
+                    continue
+                if self._held_for_restart(job, CANCELLED, CANCELLED_BY_SHUTDOWN):
+                    self.store.requeue(job.id)
+                    self._back_to_queue_locked(job)
+                else:
+                    self._finish_locked(job, CANCELLED, now, CANCELLED_BY_SHUTDOWN)
+                    self._store_end_locked(job)
 
     def restore(self, rebuild: RebuildFn, reload: ReloadFn) -> None:
         """Brings the store's jobs back after a restart; call before `start`.
@@ -491,17 +515,33 @@ class JobTable:
             self._store_outcome(job, status, result, error)  # files on disk, outside the lock
         with self._lock:
             for job, (status, result, error) in zip(jobs, settled, strict=True):
+                if self._held_for_restart(job, status, error):
+                    self._back_to_queue_locked(job)
+                    continue
                 job.result = result
                 self._finish_locked(job, status, time.time(), error)
             self._running = []
             self._prune_locked()
+
+    def _held_for_restart(self, job: _Job, status: str, error: Any) -> bool:
+        """A resumable job a shutdown stopped: it runs again at the next start."""
+        stopped = status == CANCELLED and error == CANCELLED_BY_SHUTDOWN
+        return stopped and job.resumable and self.store is not None
+
+    def _back_to_queue_locked(self, job: _Job) -> None:
+        """Queued again (in memory as in the store), so its client keeps polling through the
+        restart instead of reading a cancellation."""
+        job.status, job.started, job.step, job.total = QUEUED, None, 0, 0
+        job.cancel_flag.clear()
+        job.cancel_error = None
+        self._queue.appendleft(job)
 
     def _store_outcome(self, job: _Job, status: str, result: Any, error: Any) -> None:
         """Records how a run ended: a resumable job a shutdown stopped goes back to the queue
         for the next start; any other writes its result files and its end."""
         if self.store is None:
             return
-        if status == CANCELLED and error == CANCELLED_BY_SHUTDOWN and job.resumable:
+        if self._held_for_restart(job, status, error):
             self.store.requeue(job.id)
             return
         files, manifest = result.stored() if isinstance(result, StoredResult) else ({}, None)

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, jsonify
 
 from jaxvideo.results import ModelInfo
 from webapp.core.errors import ApiError
-from webapp.core.http import client_connected, json_body
+from webapp.core.http import client_connected, json_body, waits_for_generation
 from webapp.core.openapi import RouteDoc
 from webapp.core.results import ImageResult
 from webapp.core.schemas import load
@@ -79,6 +79,7 @@ def model_object(info: ModelInfo) -> dict[str, Any]:
 
 @bp.post("/images/generations")
 @bp.post("/images")
+@waits_for_generation
 def generate_images() -> Response:
     svc = service()
     data = load(ImageGenerationSchema(), json_body())
@@ -88,6 +89,7 @@ def generate_images() -> Response:
 
 
 @bp.post("/images/edits")
+@waits_for_generation
 def edit_images() -> Response:
     svc = service()
     fields, output = edit_fields(read_upload(), svc.caps)

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import MethodNotAllowed
 
 from webapp.core.errors import ApiError, invalid
-from webapp.core.http import check_body_complete, client_connected, json_body
+from webapp.core.http import check_body_complete, client_connected, json_body, waits_for_generation
 from webapp.core.jobs import CANCELLED, COMPLETED, FAILED, GENERATING, QUEUED, JobView
 from webapp.core.openapi import RouteDoc
 from webapp.core.results import VideoJob
@@ -79,6 +79,7 @@ def create_video() -> Response:
 
 
 @bp.post("/videos/generations")
+@waits_for_generation
 def generate_video() -> Response:
     svc = service()
     parsed = _parse(svc, load(VideoGenerationSchema(), json_body()))

@@ -20,7 +20,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from webapp.core.errors import invalid
-from webapp.core.http import client_connected, json_body
+from webapp.core.http import client_connected, json_body, waits_for_generation
 from webapp.core.jobs import INTERRUPTED, SKIPPED, JobView
 from webapp.core.loras import available_loras
 from webapp.core.names import display_name, sampler_aliases, scheduler_aliases, scheduler_label
@@ -71,12 +71,14 @@ DOCS = (
 
 
 @bp.post("/txt2img")
+@waits_for_generation
 def txt2img() -> Response:
     data = load(Txt2ImgSchema(), json_body())
     return _generate(data, img2img=False)
 
 
 @bp.post("/img2img")
+@waits_for_generation
 def img2img() -> Response:
     data = load(Img2ImgSchema(), json_body())
     return _generate(data, img2img=True)
