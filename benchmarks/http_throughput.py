@@ -14,7 +14,7 @@ k-image request) and an untimed round of `--clients` requests goes first, so com
 stays out of the figures. Prints one JSON line.
 
     PYTHONPATH=. python benchmarks/http_throughput.py --requests 16 --clients 4 \\
-        --size 256x256 --steps 8 --batch-sizes 4,1
+        --size 256x256 --steps 8 --batch-sizes 4,1 [--workers webapp.worker.JaxvideoWorker,gthread]
 """
 
 from __future__ import annotations
@@ -68,12 +68,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(config: Path, log: Path, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(
+    config: Path, log: Path, threads: int, worker: str
+) -> tuple[subprocess.Popen, str]:
     url = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "JAXVIDEO_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
     env["JAXVIDEO_STATE_DIR"] = str(log.with_suffix(".state"))  # a fresh job store per run
     env.pop("JAXVIDEO_API_KEY", None)
     cmd = [sys.executable, "-m", "gunicorn", "webapp:app", "-b", url, "--threads", str(threads)]
+    cmd += ["-k", worker]
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     session = requests.Session()
@@ -135,6 +138,7 @@ class Setting:
     """One running server and what was measured against it."""
 
     batch_size: int
+    worker: str
     process: subprocess.Popen
     url: str
     log: Path
@@ -153,6 +157,7 @@ class Setting:
         rates = [requests_per_round / wall for wall in self.walls]
         return {
             "max_batch_size": self.batch_size,
+            "worker": self.worker,
             "images_per_s": round(float(np.median(rates)), 3),  # median over the rounds
             "images_per_s_rounds": [round(rate, 3) for rate in rates],
             "latency_p50_s": round(float(np.percentile(self.latencies, 50)), 3),
@@ -164,12 +169,13 @@ class Setting:
         }
 
 
-def start_setting(args: argparse.Namespace, batch_size: int, root: Path) -> Setting:
-    config = root / f"serve-{batch_size}.yaml"
+def start_setting(args: argparse.Namespace, batch_size: int, worker: str, root: Path) -> Setting:
+    name = f"{batch_size}-{worker.rsplit('.', 1)[-1]}"
+    config = root / f"serve-{name}.yaml"
     config.write_text(server_config(args, batch_size, root / "xla"))
-    log = root / f"server-{batch_size}.log"
-    process, url = start_server(config, log, threads=max(8, args.clients + 2))
-    setting = Setting(batch_size, process, url, log)
+    log = root / f"server-{name}.log"
+    process, url = start_server(config, log, threads=max(8, args.clients + 2), worker=worker)
+    setting = Setting(batch_size, worker, process, url, log)
     fire(url, args, args.clients)  # untimed: first-request costs of every client thread
     setting.logged_before = len(setting.batch_lines())
     return setting
@@ -201,13 +207,19 @@ def main() -> None:
     parser.add_argument("--size", default="256x256", help="WIDTHxHEIGHT")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-sizes", default="4,1", help="max_batch_size settings to compare")
+    parser.add_argument(
+        "--workers",
+        default="webapp.worker.JaxvideoWorker",
+        help="gunicorn worker classes to compare (e.g. add gthread, gunicorn's own)",
+    )
     args = parser.parse_args()
     args.width, args.height = (int(v) for v in args.size.split("x"))
     settings: list[Setting] = []
     with tempfile.TemporaryDirectory(prefix="jaxvideo-http-bench-") as tmp:
         try:
-            for batch_size in (int(v) for v in args.batch_sizes.split(",")):
-                settings.append(start_setting(args, batch_size, Path(tmp)))
+            for worker in args.workers.split(","):
+                for batch_size in (int(v) for v in args.batch_sizes.split(",")):
+                    settings.append(start_setting(args, batch_size, worker, Path(tmp)))
             # Interleaved rounds: on a shared machine, load drifts hit every setting alike.
             for _ in range(args.rounds):
                 for setting in settings:
@@ -227,10 +239,13 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "runs": runs,
     }
-    off = next((run for run in runs if run["max_batch_size"] == 1), None)
-    if off is not None:
-        for run in runs:
+    for run in runs:
+        same_worker = [other for other in runs if other["worker"] == run["worker"]]
+        off = next((other for other in same_worker if other["max_batch_size"] == 1), None)
+        if off is not None:
             run["throughput_vs_off"] = round(run["images_per_s"] / off["images_per_s"], 3)
+        first = next(o for o in runs if o["max_batch_size"] == run["max_batch_size"])
+        run["throughput_vs_first_worker"] = round(run["images_per_s"] / first["images_per_s"], 3)
     print(json.dumps(result))
 
 

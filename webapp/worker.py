@@ -34,12 +34,14 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
+from http import HTTPStatus
 from typing import Any
 
 from gunicorn.http import errors as http_errors
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, ThreadWorker
 
+from webapp.core.errors import ApiError, error_body, error_headers, shutting_down, surface_of
 from webapp.framing import Framing, request_end
 
 REQUEST_READ_S = 10.0  # a request's head and body, beyond what MIN_RATE earns
@@ -58,25 +60,14 @@ _PARSE_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (http_errors.UnsupportedTransferCoding, 501),
     (http_errors.ForbiddenProxyRequest, 403),
 )
-_REASONS = {
-    400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 414: "URI Too Long",
-    417: "Expectation Failed", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
-}  # fmt: skip
 
 
-def error_bytes(
-    status: int, message: str, code: str, path: str | None, detail: str | None = None
-) -> bytes:
-    """A complete JSON error response in the envelope of `path`'s surface; it closes the
+def error_bytes(error: ApiError, path: str | None) -> bytes:
+    """`error` as a complete JSON response in the envelope of `path`'s surface; it closes the
     connection."""
-    from webapp.core.errors import ApiError, error_body, error_headers, surface_of
-
-    error = ApiError(status, message, code=code, detail=detail)
-    if status == 503:
-        error.headers["Retry-After"] = "5"
+    status = error.status
     body = json.dumps(error_body(error, surface_of(path or "/"))).encode()
-    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", "Connection: close"]
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Connection: close"]
     head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
     head += [f"{name}: {value}" for name, value in error_headers(error).items()]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
@@ -113,20 +104,16 @@ class JaxvideoWorker(ThreadWorker):
         self.quick_pool = futures.ThreadPoolExecutor(QUICK_THREADS, "quick")
         super().init_process()
 
-    def _limits(self) -> tuple[int, int | None]:
+    def load_wsgi(self) -> None:
+        """Loads the app, then reads what the event loop needs from it once."""
+        super().load_wsgi()
         cfg = self.cfg
         line = cfg.limit_request_line or 1024 * 1024
-        head = line + cfg.limit_request_fields * (cfg.limit_request_field_size + 2) + 4
-        body = getattr(self.wsgi, "config", {}).get("MAX_CONTENT_LENGTH")
-        return head, body
-
-    def _waiting_routes(self) -> frozenset[str]:
+        self.max_head = line + cfg.limit_request_fields * (cfg.limit_request_field_size + 2) + 4
+        self.max_body = getattr(self.wsgi, "config", {}).get("MAX_CONTENT_LENGTH")
+        self.max_buffered = max(MIN_BUFFERED, 4 * (self.max_body or 0))
         extensions = getattr(self.wsgi, "extensions", {})
-        return extensions.get("jaxvideo.waiting_routes", frozenset())
-
-    @property
-    def max_buffered(self) -> int:
-        return max(MIN_BUFFERED, 4 * (self._limits()[1] or 0))
+        self.waiting_routes = extensions.get("jaxvideo.waiting_routes", frozenset())
 
     # -- reading requests in the event loop -----------------------------------------------------
 
@@ -140,9 +127,11 @@ class JaxvideoWorker(ThreadWorker):
             reading.data += conn.parser.unreader.take_buffered()
             self._buffered += len(reading.data)
         self._reading[conn] = reading
-        if not self._advance(conn, reading):
-            conn.sock.setblocking(False)
-            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
+        if reading.data and self._advance(conn, reading):
+            return
+        conn.sock.setblocking(False)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
+        self._readable(conn, conn.sock)  # a keep-alive request is usually there already
 
     def _readable(self, conn: Any, _sock: Any) -> None:
         reading = self._reading[conn]
@@ -160,7 +149,8 @@ class JaxvideoWorker(ThreadWorker):
         reading.data += chunk
         self._buffered += len(chunk)
         if self._buffered > self.max_buffered:
-            self._refuse(conn, 503, "server busy: too many requests arriving", "server_busy")
+            busy = {"Retry-After": "1"}
+            self._refuse(conn, ApiError(503, "server busy", code="server_busy", headers=busy))
             return
         self._advance(conn, reading)
 
@@ -168,7 +158,7 @@ class JaxvideoWorker(ThreadWorker):
         """Dispatches the request if it is whole; True when it was."""
         framing = reading.framing
         if framing is None or framing.wanted is None or len(reading.data) >= framing.wanted:
-            framing = reading.framing = request_end(reading.data, *self._limits())
+            framing = reading.framing = request_end(reading.data, self.max_head, self.max_body)
         if framing.end is None:
             if framing.expects_continue and not reading.continued:
                 reading.continued = True
@@ -176,7 +166,7 @@ class JaxvideoWorker(ThreadWorker):
             return False
         self._forget(conn)
         conn.jv_data, conn.jv_path = bytes(reading.data), framing.path
-        waits = framing.method == "POST" and framing.path in self._waiting_routes()
+        waits = framing.method == "POST" and framing.path in self.waiting_routes
         self._dispatch(conn, self.tpool if waits else self.quick_pool)
         return True
 
@@ -186,13 +176,10 @@ class JaxvideoWorker(ThreadWorker):
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.poller.unregister(conn.sock)  # fails when it was whole on arrival
 
-    def _refuse(
-        self, conn: Any, status: int, message: str, code: str, detail: str | None = None
-    ) -> None:
+    def _refuse(self, conn: Any, error: ApiError) -> None:
         framing = self._reading[conn].framing
         self._forget(conn)
-        path = framing and framing.path
-        self._send(conn.sock, error_bytes(status, message, code, path, detail))
+        self._send(conn.sock, error_bytes(error, framing and framing.path))
         self.nr_conns -= 1
         self._linger(conn.sock)
 
@@ -231,7 +218,8 @@ class JaxvideoWorker(ThreadWorker):
         for conn, reading in list(self._reading.items()):
             if now >= reading.deadline():
                 limit = f"the limit is {REQUEST_READ_S:g} s plus 1 s per {MIN_RATE} bytes received"
-                self._refuse(conn, 408, "request not received in time", "timeout", limit)
+                late = ApiError(408, "request not received in time", detail=limit, code="timeout")
+                self._refuse(conn, late)
 
     @staticmethod
     def _send(sock: socket.socket, data: bytes) -> None:
@@ -286,11 +274,11 @@ class JaxvideoWorker(ThreadWorker):
             self.log.exception("Error handling request")
             status, message, code = 500, "internal server error", "internal_error"
         path = getattr(req, "path", None) or getattr(self._local, "path", None)
-        data = error_bytes(status, message, code, path)
+        data = error_bytes(ApiError(status, message, code=code), path)
         if req is not None:
             environ = default_environ(req, client, self.cfg)
             response = Response(req, client, self.cfg)
-            response.status = f"{status} {_REASONS.get(status, 'Error')}"
+            response.status = f"{status} {HTTPStatus(status).phrase}"
             response.response_length = len(data)
             self.log.access(response, req, environ, datetime.now() - request_start)
         try:
@@ -363,10 +351,7 @@ class JaxvideoWorker(ThreadWorker):
         for conn in leftover:
             framing = self._reading[conn].framing
             self._forget(conn)
-            reply = error_bytes(
-                503, "server is shutting down", "shutting_down", framing and framing.path
-            )
-            self._send(conn.sock, reply)
+            self._send(conn.sock, error_bytes(shutting_down(), framing and framing.path))
         for sock in list(self._lingering):
             self._end_linger(sock)
         _close_after_reply([conn.sock for conn in leftover], linger_s=1.0)

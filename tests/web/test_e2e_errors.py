@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import openai
 import pytest
 
@@ -47,6 +49,10 @@ BAD_REQUESTS = {
         ({"prompt": "x", "output_format": "gif"}, "output_format"),
         ({"prompt": "x", "steps": 1000}, "steps"),
         ({"prompt": "x <sd_cpp_extra_args>{bad</sd_cpp_extra_args>"}, "prompt"),
+        # What the documented schema forbids (found by tests/web/test_e2e_fuzz.py).
+        ({"prompt": "x", "stream": 0}, "stream"),
+        ({"prompt": "x", "output_compression": 5.3e16}, "output_compression"),
+        ({"prompt": "x", "response_format": "url"}, "response_format"),
     ],
     "sdapi": [
         ({"prompt": "x", "steps": "many"}, "steps"),
@@ -57,6 +63,7 @@ BAD_REQUESTS = {
         ({"prompt": "x", "width": 100}, "width"),
         ({"prompt": "x", "lora": [{"path": "missing.safetensors"}]}, "lora[0].path"),
         ({"negative_prompt": "x"}, "prompt"),
+        ({"prompt": "x", "enable_hr": 1}, "enable_hr"),
     ],
     "sdcpp": [
         ({"width": "wide"}, "width"),
@@ -307,3 +314,49 @@ def test_openai_429_is_openai_s_rate_limit_shape(client, server):
     error = info.value.body
     assert (error["code"], error["type"]) == ("rate_limit_exceeded", "requests")
     assert info.value.response.headers["Retry-After"] == "2"
+
+
+def worker_rss_mb(server) -> float:
+    [worker] = server.workers()
+    for line in Path(f"/proc/{worker}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def hostile_round(server) -> list[int]:
+    """One of each input that once cost gigabytes or a 500; their statuses."""
+    json_type = {"Content-Type": "application/json"}
+
+    def chunks():
+        yield b'{"prompt": "'
+        for _ in range(20):
+            yield b"x" * 65536
+        yield b'"}'
+
+    foreign = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    near_limit = "a fox " * 150_000  # 900 kB: within the body limit, far past the prompt one
+    return [
+        server.post("/sdcpp/v1/img_gen", json={"prompt": "x", "negative_prompt": near_limit}),
+        server.post("/sdapi/v1/txt2img", json={"prompt": near_limit}),
+        server.post("/v1/images/generations", data=DEEP, headers=json_type),
+        server.post("/sdcpp/v1/img_gen", data='{"prompt": "\\ud800"}', headers=json_type),
+        server.post("/sdcpp/v1/img_gen", json={"clip_skip": 2**31}),
+        server.post(
+            "/sdcpp/v1/img_gen", data=chunks(), headers={**json_type, "Connection": "close"}
+        ),
+        server.request("OPTIONS", "/v1/images/generations", headers=foreign),
+    ]
+
+
+def test_hostile_inputs_are_refused_with_the_worker_memory_flat(server):
+    hostile_round(server)  # first use of each path: lazily built state is not growth
+    before = worker_rss_mb(server)
+    statuses = set()
+    for _ in range(10):
+        statuses |= {response.status_code for response in hostile_round(server)}
+    after = worker_rss_mb(server)
+    print(f"worker RSS before {before:.0f} MB, after 70 hostile requests {after:.0f} MB")
+    assert statuses == {400, 403, 413}
+    # The defect: one 63 MB negative prompt took the worker to 21 GB and left it at 13.8 GB.
+    assert after - before < 64, (before, after)

@@ -152,6 +152,7 @@ def test_sigterm_under_load_answers_every_client_and_keeps_the_async_jobs(restar
         )
         wait_generating(first, long)
         first.process.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
 
         # Draining: still answering, new work refused with 503 in each surface's envelope.
         health = first.get("/health")
@@ -174,6 +175,7 @@ def test_sigterm_under_load_answers_every_client_and_keeps_the_async_jobs(restar
             if response.status_code == 503:
                 assert response.json()["error"] == "server is shutting down"
         assert first.process.wait(timeout=60) == 0
+        print(f"SIGTERM to exit under load: {time.monotonic() - stopped:.1f} s")
         assert "draining the job table" in first.log.read_text()
 
     with restartable() as second:

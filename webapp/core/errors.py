@@ -28,6 +28,8 @@ NOT_YET = "not supported by this server yet"
 _RETRYABLE = frozenset((408, 409, 429, 502, 503, 504))
 # A full queue frees a slot when a job finishes; clients should come back soon, not at once.
 QUEUE_FULL_RETRY_AFTER_S = 2
+# A stopping server is gone for a restart's time (or another replica takes the retry).
+SHUTDOWN_RETRY_AFTER_S = 5
 
 
 class ApiError(Exception):
@@ -59,6 +61,12 @@ class ApiError(Exception):
 
 def error_retryable(status: int) -> bool:
     return status in _RETRYABLE
+
+
+def shutting_down() -> ApiError:
+    """503 while the server stops: new work is refused, clients retry after a restart."""
+    retry_after = {"Retry-After": str(SHUTDOWN_RETRY_AFTER_S)}
+    return ApiError(503, "server is shutting down", code="shutting_down", headers=retry_after)
 
 
 def invalid(param: str | None, problem: str, code: str = "invalid_value") -> ApiError:
@@ -145,7 +153,7 @@ def register_error_handlers(app: Flask) -> None:
     )
     app.register_error_handler(
         ShuttingDown,
-        lambda exc: error_response(ApiError(503, "server is shutting down", code="shutting_down")),
+        lambda exc: error_response(shutting_down()),
     )
     app.register_error_handler(
         JobNotFound, lambda exc: error_response(ApiError(404, "job not found", code="not_found"))

@@ -23,6 +23,56 @@ class RouteDoc(NamedTuple):
     produces: tuple[str, ...] = ()  # binary response types (a response without a schema)
 
 
+def _text(nullable: bool = False) -> dict[str, Any]:
+    return {"type": "string", "nullable": True} if nullable else {"type": "string"}
+
+
+# What an error answers on each surface (webapp/core/errors.py `error_body`), by path prefix.
+ERROR_ENVELOPES: dict[str, dict[str, Any]] = {
+    "OpenAIError": {
+        "type": "object",
+        "required": ["error"],
+        "additionalProperties": False,
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "code", "param"],
+                "additionalProperties": False,
+                "properties": {
+                    "message": _text(),
+                    "type": _text(),
+                    "code": _text(nullable=True),
+                    "param": _text(nullable=True),
+                },
+            }
+        },
+    },
+    "SdapiError": {
+        "type": "object",
+        "required": ["error"],
+        "additionalProperties": False,
+        "properties": {"error": _text(), "detail": _text()},
+    },
+    "SdcppError": {
+        "type": "object",
+        "required": ["error"],
+        "additionalProperties": False,
+        "properties": {"error": _text(), "message": _text()},
+    },
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "additionalProperties": False,
+        "properties": {"error": _text(), "detail": _text()},
+    },
+}
+_ENVELOPE_OF = (("/v1/", "OpenAIError"), ("/sdapi/", "SdapiError"), ("/sdcpp/", "SdcppError"))
+
+
+def _error_envelope(path: str) -> str:
+    return next((name for prefix, name in _ENVELOPE_OF if path.startswith(prefix)), "Error")
+
+
 def build_openapi(routes: Iterable[RouteDoc], version: str, auth: bool) -> dict[str, Any]:
     spec = APISpec(
         title="jaxvideo",
@@ -33,6 +83,8 @@ def build_openapi(routes: Iterable[RouteDoc], version: str, auth: bool) -> dict[
     )
     if auth:
         spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    for name, envelope in ERROR_ENVELOPES.items():
+        spec.components.schema(name, envelope)
     for route in routes:
         response: dict[str, Any] = {"description": "success"}
         if route.response is not None:
@@ -42,7 +94,15 @@ def build_openapi(routes: Iterable[RouteDoc], version: str, auth: bool) -> dict[
             response["content"] = {kind: binary for kind in route.produces}
         operation: dict[str, Any] = {
             "summary": route.summary,
-            "responses": {str(route.status): response, "default": {"description": "error"}},
+            "responses": {
+                str(route.status): response,
+                "default": {
+                    "description": "error, in the envelope of the route's API surface",
+                    "content": {
+                        "application/json": {"schema": _error_envelope(route.path)},
+                    },
+                },
+            },
         }
         if route.request is not None:
             kinds = route.content_type

@@ -20,10 +20,11 @@ log = logging.getLogger(__name__)
 
 
 class Int(fields.Integer):
-    """A JSON integer (`8` or `8.0`); strings, booleans and `8.5` are type errors."""
+    """A JSON integer (`8` or `8.0`); strings, booleans, `8.5` and floats too large to hold an
+    exact integer (`5e16`) are type errors."""
 
     def _validated(self, value: Any) -> int:
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.make_error("invalid", input=value)
@@ -37,6 +38,16 @@ class Num(fields.Float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.make_error("invalid", input=value)
         return super()._validated(value)
+
+
+class Bool(fields.Boolean):
+    """A JSON boolean; `0`, `1` and strings are type errors, as the documented schema says (a
+    multipart form's "true"/"false" are converted before loading, webapp/openai/forms.py)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
 
 
 class Flag(fields.Field):

@@ -32,7 +32,7 @@ from jaxvideo.request_codec import decode_request, encode_request
 from jaxvideo.results import GenerationResult, ModelInfo
 from webapp.core.capabilities import Capabilities
 from webapp.core.checks import check_fields, check_request, check_text
-from webapp.core.errors import ApiError, invalid, refused
+from webapp.core.errors import ApiError, invalid, refused, shutting_down
 from webapp.core.images import fit_size
 from webapp.core.infotext import infotext, infotext_params
 from webapp.core.jobs import (
@@ -403,7 +403,7 @@ def finished(view: JobView) -> JobView:
     error = view.error or {}
     if view.status == CANCELLED:
         if error == CANCELLED_BY_SHUTDOWN:
-            raise ApiError(503, "server is shutting down", code="shutting_down")
+            raise shutting_down()
         # Cancelled through sdcpp, or interrupted/skipped through sdapi: A1111 would answer
         # 200 with the images done so far, which a stopped batch does not have here.
         raise ApiError(

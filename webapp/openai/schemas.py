@@ -21,7 +21,7 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 
-from webapp.core.schemas import Int, Num, in_range
+from webapp.core.schemas import Bool, Int, Num, in_range
 
 JOB_ID = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -33,10 +33,10 @@ class ImageGenerationSchema(Schema):
     size = fields.String(
         allow_none=True, metadata={"description": "WIDTHxHEIGHT, or auto for the model default"}
     )
-    output_format = fields.String(allow_none=True, metadata={"enum": ["png", "jpeg", "webp"]})
+    output_format = fields.String(allow_none=True, metadata={"enum": ["png", "jpeg", "webp", None]})
     output_compression = Int(allow_none=True, metadata={"description": "clamped to 0..100"})
-    response_format = fields.String(allow_none=True, metadata={"enum": ["b64_json"]})
-    stream = fields.Boolean(allow_none=True)
+    response_format = fields.String(allow_none=True, metadata={"enum": ["b64_json", None]})
+    stream = Bool(allow_none=True)
     # Accepted for compatibility; they do not change what a diffusion model generates.
     quality = fields.String(allow_none=True)
     style = fields.String(allow_none=True)
@@ -85,7 +85,7 @@ class ImageEditSchema(Schema):
     output_format = fields.String(metadata={"enum": ["png", "jpeg", "webp"]})
     output_compression = fields.Integer(metadata={"description": "clamped to 0..100"})
     response_format = fields.String(metadata={"enum": ["b64_json"]})
-    stream = fields.Boolean()
+    stream = Bool()
     # Accepted for compatibility; they do not change what a diffusion model generates.
     quality = fields.String()
     background = fields.String()
@@ -164,7 +164,7 @@ class Seconds(fields.Field):
 
 
 class VideoOutputSchema(Schema):
-    return_state = fields.Boolean(
+    return_state = Bool(
         metadata={"description": "hand back a continuation `state` with the result"}
     )
     output_path = fields.String(allow_none=True, metadata={"description": "as output_path"})
@@ -219,7 +219,7 @@ class VideoGenerationSchema(Schema):
     reference_url = fields.String(
         allow_none=True, metadata={"description": "data: URLs only (no network access)"}
     )
-    enable_teacache = fields.Boolean(allow_none=True, metadata={"description": "must be false"})
+    enable_teacache = Bool(allow_none=True, metadata={"description": "must be false"})
     output_path = fields.String(
         allow_none=True,
         metadata={"description": "also write the MP4 here (a file or folder inside output_dir)"},
@@ -228,7 +228,7 @@ class VideoGenerationSchema(Schema):
         allow_none=True, metadata={"description": "ContinuationState {kind, payload}"}
     )
     output = fields.Nested(VideoOutputSchema, allow_none=True)
-    return_state = fields.Boolean(allow_none=True, metadata={"description": "output.return_state"})
+    return_state = Bool(allow_none=True, metadata={"description": "output.return_state"})
 
 
 class VideoErrorSchema(Schema):
@@ -263,7 +263,7 @@ class VideoSchema(Schema):
 class VideoListSchema(Schema):
     object = fields.String(metadata={"enum": ["list"]})
     data = fields.List(fields.Nested(VideoSchema))
-    has_more = fields.Boolean()
+    has_more = Bool()
     first_id = fields.String(allow_none=True)
     last_id = fields.String(allow_none=True)
 
@@ -284,4 +284,4 @@ class VideoContentQuerySchema(Schema):
 class VideoDeletedSchema(Schema):
     id = fields.String()
     object = fields.String(metadata={"enum": ["video.deleted"]})
-    deleted = fields.Boolean()
+    deleted = Bool()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, fields
 
-from webapp.core.schemas import Flag, Int, Num, in_range
+from webapp.core.schemas import Bool, Flag, Int, Num, in_range
 
 
 class LoraEntrySchema(Schema):
@@ -17,7 +17,7 @@ class LoraEntrySchema(Schema):
         required=True, metadata={"description": "a name or path relative to the LoRA folder"}
     )
     multiplier = Num(metadata={"description": "default 1.0"})
-    is_high_noise = fields.Boolean(metadata={"description": "Wan 2.2 high-noise expert only"})
+    is_high_noise = Bool(metadata={"description": "Wan 2.2 high-noise expert only"})
 
 
 class Txt2ImgSchema(Schema):
@@ -48,11 +48,11 @@ class Txt2ImgSchema(Schema):
     extra_images = fields.List(fields.String(), allow_none=True)
     sd_model_checkpoint = fields.String(allow_none=True)
     override_settings = fields.Dict(keys=fields.String(), allow_none=True)
-    send_images = fields.Boolean(allow_none=True)
-    save_images = fields.Boolean(allow_none=True)
-    embed_image_metadata = fields.Boolean(allow_none=True)
+    send_images = Bool(allow_none=True)
+    save_images = Bool(allow_none=True)
+    embed_image_metadata = Bool(allow_none=True)
     # Hires fix (txt2img): a second img2img pass at hr_scale x the size (or hr_resize_x/y).
-    enable_hr = fields.Boolean(allow_none=True)
+    enable_hr = Bool(allow_none=True)
     hr_scale = Num(allow_none=True, metadata={"description": "1..4, default 2"})
     hr_upscaler = fields.String(
         allow_none=True, metadata={"description": "Latent, Latent (nearest), Lanczos"}
@@ -79,7 +79,7 @@ class Img2ImgSchema(Txt2ImgSchema):
     inpainting_mask_invert = Flag(
         allow_none=True, metadata={"description": "0/1 or boolean: repaint the unmasked part"}
     )
-    include_init_images = fields.Boolean(
+    include_init_images = Bool(
         allow_none=True, metadata={"description": "echo init_images and mask in parameters"}
     )
     # A1111 clients send these; they are accepted and ignored (any type).
@@ -137,8 +137,8 @@ class OptionsUpdateSchema(Schema):
 
 
 class SdapiProgressStateSchema(Schema):
-    skipped = fields.Boolean()
-    interrupted = fields.Boolean()
+    skipped = Bool()
+    interrupted = Bool()
     job = fields.String(metadata={"description": "the generating job's id, '' when idle"})
     job_count = fields.Integer()
     job_timestamp = fields.String(metadata={"description": "YYYYmmddHHMMSS of its start"})

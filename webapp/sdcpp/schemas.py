@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from webapp.core.schemas import Int, Num, in_range
+from webapp.core.schemas import Bool, Int, Num, in_range
 
 CACHE_MODES = ("disabled", "easycache", "ucache", "dbcache", "taylorseer", "cache-dit", "spectrum")
 
@@ -56,13 +56,13 @@ class LoraSchema(Schema):
         required=True, metadata={"description": "a name or path relative to the LoRA folder"}
     )
     multiplier = Num(metadata={"description": "default 1.0"})
-    is_high_noise = fields.Boolean(metadata={"description": "Wan 2.2 high-noise expert only"})
+    is_high_noise = Bool(metadata={"description": "Wan 2.2 high-noise expert only"})
 
 
 class VaeTilingSchema(Schema):
     """Decode the latent in overlapping tiles; sizes are in latent pixels (image / 8)."""
 
-    enabled = fields.Boolean()
+    enabled = Bool()
     tile_size_x = Int(metadata={"description": "0 (default 32) or >= 8"})
     tile_size_y = Int(metadata={"description": "0 (default 32) or >= 8"})
     target_overlap = Num(metadata={"description": "share of a tile shared with its neighbour"})
@@ -91,7 +91,7 @@ class GenerationSchema(Schema):
     cache_mode = fields.String(validate=validate.OneOf(("", *CACHE_MODES)))
     cache_option = fields.String()
     scm_mask = fields.String()
-    scm_policy_dynamic = fields.Boolean()
+    scm_policy_dynamic = Bool()
     output_format = fields.String()
     output_compression = Int()
 
@@ -100,10 +100,10 @@ class ImgGenSchema(GenerationSchema):
     """`POST /sdcpp/v1/img_gen` and `sd_cpp_extra_args` blocks."""
 
     batch_count = Int()
-    auto_resize_ref_image = fields.Boolean()
-    increase_ref_index = fields.Boolean()
+    auto_resize_ref_image = Bool()
+    increase_ref_index = Bool()
     control_strength = Num()
-    embed_image_metadata = fields.Boolean()
+    embed_image_metadata = Bool()
     ref_images = fields.List(fields.String())
     mask_image = fields.String(allow_none=True)
     control_image = fields.String(allow_none=True)
