@@ -39,13 +39,15 @@ LOGICAL_AXIS_RULES: dict[str, tuple[str, ...]] = {
     "rows": MESH_AXES,
 }
 
-_ATTN_IN = r"(to_q|to_k|to_v|add_k_proj|add_v_proj|q_proj|k_proj|v_proj|q|k|v)"
-_ATTN_OUT = r"(to_out|out_proj|o)"
-_MLP_IN = r"((ff|ffn)\.proj|fc1|wi|wi_0|wi_1)"
-_MLP_OUT = r"((ff|ffn)\.out|fc2|wo)"
+_ATTN_IN = r"(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj|q_proj|k_proj|v_proj|q|k|v)"
+_ATTN_OUT = r"(to_out|to_add_out|out_proj|o)"
+_MLP_IN = r"((ff|ffn|ff_context)\.proj|proj_mlp|fc1|wi|wi_0|wi_1)"
+_MLP_OUT = r"((ff|ffn|ff_context)\.out|fc2|wo)"
 
 # Parameter path (dotted Flax path) -> logical axes of its dimensions. Linear kernels are
-# (in, out). Names cover the UNet, Wan transformer, CLIP, T5 and VAE attention blocks.
+# (in, out). Names cover the UNet, the Wan, Flux and SD3 transformers (their text streams'
+# `add_*`/`to_add_out`/`ff_context` too), CLIP, T5 and VAE attention blocks. Flux's single
+# blocks project [attention, MLP] with one `proj_out`, which keeps the default (fsdp) layout.
 PARAM_RULES: tuple[tuple[re.Pattern[str], tuple[str | None, ...]], ...] = tuple(
     (re.compile(pattern), axes)
     for pattern, axes in (

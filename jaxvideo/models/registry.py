@@ -43,6 +43,8 @@ _SPECS: dict[str, str] = {
     "CLIPVisionModelWithProjection": "jaxvideo.models.clip_vision:CLIP_VISION_PROJ_SPEC",
     "WanTransformer3DModel": "jaxvideo.models.wan:WAN_TRANSFORMER_SPEC",
     "AutoencoderKLWan": "jaxvideo.models.wan_vae:WAN_VAE_SPEC",
+    "SD3Transformer2DModel": "jaxvideo.models.sd3:SD3_TRANSFORMER_SPEC",
+    "FluxTransformer2DModel": "jaxvideo.models.flux:FLUX_TRANSFORMER_SPEC",
 }
 
 

@@ -19,6 +19,8 @@ from flax import nnx
 
 from jaxvideo.convert.core import Rule
 from jaxvideo.models.attention import dot_product_attention
+from jaxvideo.models.dit import FeedForward, TextProjection, apply_rope, fp32_layer_norm
+from jaxvideo.models.dit import rope_tables as dit_rope_tables
 from jaxvideo.models.layers import Dtype, TimestepEmbedding, layer_norm, timestep_embedding
 from jaxvideo.models.registry import ComponentSpec
 from jaxvideo.sharding import constrain
@@ -95,41 +97,16 @@ class WanTransformerConfig:
         return self.num_attention_heads * self.attention_head_dim
 
 
-def _fp32_layer_norm(x: jax.Array, eps: float) -> jax.Array:
-    """diffusers' FP32LayerNorm without affine parameters: two-pass statistics in float32."""
-    x = x.astype(jnp.float32)
-    mean = x.mean(-1, keepdims=True)
-    centred = x - mean
-    var = jnp.square(centred).mean(-1, keepdims=True)
-    return centred * jax.lax.rsqrt(var + eps)
-
-
 def rope_tables(head_dim: int, grid: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin (tokens, head_dim / 2) of Wan's 3D RoPE for a (frames, height, width) grid.
 
     The head's channel pairs are split between the frame, row and column positions
-    (diffusers' `WanRotaryPosEmbed`); angles are computed in float64 like diffusers' buffers.
+    (diffusers' `WanRotaryPosEmbed`).
     """
     h_dim = w_dim = 2 * (head_dim // 6)
     t_dim = head_dim - h_dim - w_dim
-    angles = []
-    for axis, (dim, size) in enumerate(zip((t_dim, h_dim, w_dim), grid, strict=True)):
-        freqs = 1.0 / (ROPE_THETA ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
-        per_axis = np.outer(np.arange(size, dtype=np.float64), freqs)
-        shape = [1, 1, 1, len(freqs)]
-        shape[axis] = size
-        angles.append(np.broadcast_to(per_axis.reshape(shape), (*grid, len(freqs))))
-    theta = np.concatenate(angles, -1).reshape(-1, head_dim // 2)
-    return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
-
-
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotates adjacent channel pairs of (B, S, heads, head_dim) by per-token angles."""
-    pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
-    x1, x2 = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[None, :, None], sin[None, :, None]
-    out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
-    return out.reshape(x.shape).astype(x.dtype)
+    positions = np.stack(np.meshgrid(*(np.arange(n) for n in grid), indexing="ij"), -1)
+    return dit_rope_tables(positions.reshape(-1, 3), (t_dim, h_dim, w_dim), ROPE_THETA)
 
 
 class PatchEmbedding(nnx.Module):
@@ -163,41 +140,6 @@ class PatchEmbedding(nnx.Module):
         x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, -1, pt * ph * pw * c)
         kernel = self.kernel[...].reshape(-1, self.kernel.shape[-1])
         return x.astype(self.dtype) @ kernel.astype(self.dtype) + self.bias[...].astype(self.dtype)
-
-
-class FeedForward(nnx.Module):
-    """diffusers' FeedForward with a GELU input projection: proj -> gelu -> out."""
-
-    def __init__(
-        self,
-        dim: int,
-        inner_dim: int,
-        dim_out: int,
-        *,
-        approximate: bool,
-        rngs: nnx.Rngs,
-        dtype: Dtype,
-        param_dtype: Dtype,
-    ):
-        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        self.approximate = approximate
-        self.proj = nnx.Linear(dim, inner_dim, **kw)
-        self.out = nnx.Linear(inner_dim, dim_out, **kw)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.out(jax.nn.gelu(self.proj(x), approximate=self.approximate))
-
-
-class TextProjection(nnx.Module):
-    """diffusers' PixArtAlphaTextProjection: linear_1 -> gelu (tanh) -> linear_2."""
-
-    def __init__(self, in_features: int, dim: int, *, rngs: nnx.Rngs, dtype, param_dtype):
-        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        self.linear_1 = nnx.Linear(in_features, dim, **kw)
-        self.linear_2 = nnx.Linear(dim, dim, **kw)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.linear_2(jax.nn.gelu(self.linear_1(x), approximate=True))
 
 
 class WanImageEmbedding(nnx.Module):
@@ -356,13 +298,13 @@ class WanTransformerBlock(nnx.Module):
         e = self.scale_shift_table[...].astype(f32) + modulation.astype(f32)
         shift, scale, gate, c_shift, c_scale, c_gate = (e[:, :, i] for i in range(6))
 
-        h = (_fp32_layer_norm(x, self.eps) * (1 + scale) + shift).astype(dtype)
+        h = (fp32_layer_norm(x, self.eps) * (1 + scale) + shift).astype(dtype)
         x = (x.astype(f32) + self.attn1(h, rope=rope) * gate).astype(dtype)
 
         h = x if self.norm2 is None else self.norm2(x).astype(dtype)
         x = x + self.attn2(h, context, image)
 
-        h = (_fp32_layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(dtype)
+        h = (fp32_layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(dtype)
         return (x.astype(f32) + self.ffn(h).astype(f32) * c_gate).astype(dtype)
 
 
@@ -424,7 +366,7 @@ class WanTransformer3DModel(nnx.Module):
 
         e = self.scale_shift_table[...].astype(jnp.float32) + temb[:, :, None].astype(jnp.float32)
         shift, scale = e[:, :, 0], e[:, :, 1]
-        h = (_fp32_layer_norm(h, self.config.eps) * (1 + scale) + shift).astype(self.dtype)
+        h = (fp32_layer_norm(h, self.config.eps) * (1 + scale) + shift).astype(self.dtype)
         return self._unpatchify(self.proj_out(h), grid)
 
     def _grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:

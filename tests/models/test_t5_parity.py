@@ -125,6 +125,8 @@ def _reference_output(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray)
         ("umt5", "gated-gelu", 8, 20, False),
         ("t5", "relu", 32, 128, True),
         ("t5", "gelu", 8, 20, False),
+        # T5 v1.1 (Flux.1 and SD3.5's T5-XXL): gated GELU, untied head.
+        ("t5", "gated-gelu", 32, 128, False),
     ],
 )
 def test_t5_encoder_parity(

@@ -30,10 +30,9 @@ def _tiny_vae(channels: tuple[int, ...], **extra: object) -> diffusers.Autoencod
         up_block_types=("UpDecoderBlock2D",) * len(channels),
         block_out_channels=channels,
         layers_per_block=1,
-        latent_channels=4,
         norm_num_groups=8,
         sample_size=32,
-        **extra,
+        **{"latent_channels": 4, **extra},
     )
     # Perturb everything: default GroupNorm (1, 0) and zero biases would hide mapping bugs.
     with torch.no_grad():
@@ -70,7 +69,7 @@ def _check_parity(vae: diffusers.AutoencoderKL, model: nnx.Module) -> dict[str, 
     rng = np.random.default_rng(0)
     x = rng.uniform(-1.0, 1.0, size=(2, 3, 32, 32)).astype(np.float32)
     f = 2 ** (len(vae.config.block_out_channels) - 1)
-    z = rng.standard_normal((2, 4, 32 // f, 32 // f)).astype(np.float32)
+    z = rng.standard_normal((2, vae.config.latent_channels, 32 // f, 32 // f)).astype(np.float32)
     with torch.no_grad():
         dist = vae.encode(torch.from_numpy(x)).latent_dist
         ref_mean, ref_logvar = _nhwc(dist.mean), _nhwc(dist.logvar)
@@ -115,6 +114,22 @@ def test_vae_parity_no_quant_no_mid_attention(tmp_path: Path) -> None:
     model = _convert_and_load(vae, tmp_path)
     assert model.quant_conv is None and model.post_quant_conv is None
     assert model.config.shift_factor == pytest.approx(0.1159)
+    _check_parity(vae, model)
+
+
+def test_vae_parity_16_latent_channels(tmp_path: Path) -> None:
+    # The Flux.1 / SD3.5 VAE: 16 latent channels, mid attention, no quant convs, a shift.
+    vae = _tiny_vae(
+        (16, 32),
+        latent_channels=16,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5305,
+    )
+    model = _convert_and_load(vae, tmp_path)
+    assert model.config.latent_channels == 16
+    assert model.decoder.conv_in.kernel.shape[2] == 16
     _check_parity(vae, model)
 
 
