@@ -62,6 +62,8 @@ class FamilySpec:
 
 _SD = "jaxvideo.pipelines.sd:StableDiffusionPipeline"
 _WAN = "jaxvideo.pipelines.wan:WanPipeline"
+_FLUX = "jaxvideo.pipelines.flux:FluxPipeline"
+_SD3 = "jaxvideo.pipelines.sd3:StableDiffusion3Pipeline"
 _CLIP = ("CLIPTextModel",)
 _CLIP_PROJ = ("CLIPTextModelWithProjection",)
 _UNET = ("UNet2DConditionModel",)
@@ -157,8 +159,59 @@ WAN22 = FamilySpec(
     demos={"wan22-tiny": "jaxvideo.demo_wan:build_wan22_tiny"},
 )
 
+FLUX = FamilySpec(
+    name="flux",
+    title="FLUX.1",
+    pipeline=_FLUX,
+    components={
+        "text_encoder": _CLIP,
+        "text_encoder_2": ("T5EncoderModel",),
+        "transformer": ("FluxTransformer2DModel",),
+        "vae": _VAE,
+    },
+    # FLUX.1-dev's published settings (diffusers' FluxPipeline): 28 steps, distilled guidance
+    # 3.5 and no true CFG; a schnell folder's own defaults (4 steps) come from the pipeline.
+    defaults={
+        "width": 1024,
+        "height": 1024,
+        "steps": 28,
+        "guidance_scale": 1.0,
+        "distilled_guidance": 3.5,
+        "sampler": "euler",
+        "scheduler": "discrete",
+    },
+    flow=True,
+    demos={"flux-tiny": "jaxvideo.demo_dit:build_flux_tiny"},
+)
+
+SD3 = FamilySpec(
+    name="sd3",
+    title="Stable Diffusion 3.5",
+    pipeline=_SD3,
+    components={
+        "text_encoder": _CLIP_PROJ,
+        "text_encoder_2": _CLIP_PROJ,
+        "text_encoder_3": ("T5EncoderModel",),
+        "transformer": ("SD3Transformer2DModel",),
+        "vae": _VAE,
+    },
+    optional=("text_encoder_3",),  # diffusers runs SD3 without T5 (zeros in its place)
+    # StableDiffusion3Pipeline's defaults: 28 steps, CFG 7.
+    defaults={
+        "width": 1024,
+        "height": 1024,
+        "steps": 28,
+        "guidance_scale": 7.0,
+        "sampler": "euler",
+        "scheduler": "discrete",
+        "clip_skip": -1,
+    },
+    flow=True,
+    demos={"sd3-tiny": "jaxvideo.demo_dit:build_sd3_tiny"},
+)
+
 FAMILIES: Mapping[str, FamilySpec] = MappingProxyType(
-    {spec.name: spec for spec in (SD1, SD2, SDXL, SDXL_REFINER, WAN21, WAN22)}
+    {spec.name: spec for spec in (SD1, SD2, SDXL, SDXL_REFINER, WAN21, WAN22, FLUX, SD3)}
 )
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
 

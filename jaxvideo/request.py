@@ -63,6 +63,7 @@ FIELD_RANGES: Mapping[str, Range] = MappingProxyType(
         "flow_shift": Range(0, low_open=True),
         "guidance_scale_2": Range(0, 100),
         "moe_boundary": Range(0, 1, low_open=True, high_open=True),
+        "distilled_guidance": Range(0, 100),
     }
 )
 
@@ -126,6 +127,19 @@ class GenerationRequest:
     continuation: Any = None
     return_state: bool = False
 
+    # --- flow-matching DiT image models (Flux.1, SD3.5) ---
+    # The guidance scale guidance-distilled models embed (Flux dev / Kontext); None = the
+    # model's default. `guidance_scale` stays true classifier-free guidance.
+    distilled_guidance: float | None = None
+    # Skip-layer guidance (SkipLayerGuidance; SD3.5): None or scale 0 = off.
+    slg: Any = None
+    # Reference images (HxWx3 uint8, Flux Kontext): resized to the model's preferred
+    # resolution unless told not to, and placed at one shared index (side by side) or each at
+    # its own index (stable-diffusion.cpp's `increase_ref_index`).
+    ref_images: tuple[np.ndarray, ...] = field(default=(), compare=False, repr=False)
+    auto_resize_ref_image: bool = True
+    increase_ref_index: bool = False
+
     def __post_init__(self) -> None:
         check_ranges({name: getattr(self, name) for name in FIELD_RANGES})
 
@@ -146,6 +160,21 @@ class HighNoiseParams:
     guidance_scale: float | None = None
     eta: float | None = None
     flow_shift: float | None = None
+
+
+@dataclass(frozen=True)
+class SkipLayerGuidance:
+    """SD3.5 skip-layer guidance (sd.cpp `slg`, diffusers' `skip_guidance_layers`): between
+    `layer_start` and `layer_end` of the schedule (fractions of the steps), a third forward
+    without `layers` pushes the prediction away from it by `scale`."""
+
+    layers: tuple[int, ...] = (7, 8, 9)
+    layer_start: float = 0.01
+    layer_end: float = 0.2
+    scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
 
 
 REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationRequest))

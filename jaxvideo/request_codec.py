@@ -16,10 +16,12 @@ import numpy as np
 
 from jaxvideo.continuation import parse_state
 from jaxvideo.hires import HiresFix
-from jaxvideo.request import GenerationRequest, HighNoiseParams
+from jaxvideo.request import GenerationRequest, HighNoiseParams, SkipLayerGuidance
 from jaxvideo.tiling import VaeTiling
 
 ARRAY_FIELDS = ("init_image", "mask_image", "end_image")
+# Fields holding several images: stored as arrays named "<field>.<index>".
+ARRAY_LIST_FIELDS = ("ref_images",)
 
 
 def _encode_loras(loras: tuple[Any, ...]) -> list[dict[str, Any]]:
@@ -50,6 +52,7 @@ _CODECS: Mapping[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "vae_tiling": _optional(VaeTiling),
     "hires": _optional(HiresFix),
     "high_noise": _optional(HighNoiseParams),
+    "slg": _optional(SkipLayerGuidance),
     "continuation": (
         lambda state: None if state is None else state.to_json(),
         lambda data: None if data is None else parse_state(data),
@@ -66,6 +69,8 @@ def encode_request(request: GenerationRequest) -> tuple[dict[str, Any], dict[str
         if field.name in ARRAY_FIELDS:
             if value is not None:
                 arrays[field.name] = np.asarray(value)
+        elif field.name in ARRAY_LIST_FIELDS:
+            arrays.update({f"{field.name}.{i}": np.asarray(a) for i, a in enumerate(value)})
         elif field.name in _CODECS:
             data[field.name] = _CODECS[field.name][0](value)
         else:
@@ -80,4 +85,10 @@ def decode_request(
     fields = {
         name: _CODECS[name][1](value) if name in _CODECS else value for name, value in data.items()
     }
-    return GenerationRequest(**fields, **dict(arrays or {}))
+    arrays = dict(arrays or {})
+    for name in ARRAY_LIST_FIELDS:
+        count = sum(1 for key in arrays if key.startswith(f"{name}."))
+        listed = tuple(arrays.pop(f"{name}.{i}") for i in range(count))
+        if listed:
+            fields[name] = listed
+    return GenerationRequest(**fields, **arrays)

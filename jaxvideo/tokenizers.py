@@ -185,15 +185,16 @@ def _load_t5_tokenizer(tokenizer_dir: str):
 
 
 def t5_token_ids(
-    tokenizer_dir: str | Path, prompts: list[str], max_length: int = 512
+    tokenizer_dir: str | Path, prompts: list[str], max_length: int = 512, clean: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and attention mask, int32 (B, max_length), as Wan's `_get_t5_prompt_embeds`.
 
-    Prompts are cleaned, `</s>` appended, truncated and padded with `<pad>` to `max_length`.
+    Prompts are cleaned (Wan; Flux and SD3 pass them as they are: `clean=False`), `</s>`
+    appended, truncated and padded with `<pad>` to `max_length`.
     """
     tok = _load_t5_tokenizer(str(tokenizer_dir))
     encoded = tok(
-        [t5_prompt_clean(p) for p in prompts],
+        [t5_prompt_clean(p) if clean else p for p in prompts],
         padding="max_length",
         max_length=max_length,
         truncation=True,

@@ -13,7 +13,7 @@ from jaxvideo.continuation import wan_state
 from jaxvideo.errors import InvalidRequest
 from jaxvideo.hires import HiresFix
 from jaxvideo.lora import LoraSpec
-from jaxvideo.request import GenerationRequest, HighNoiseParams
+from jaxvideo.request import GenerationRequest, HighNoiseParams, SkipLayerGuidance
 from jaxvideo.request_codec import decode_request, encode_request
 from jaxvideo.tiling import VaeTiling
 
@@ -40,14 +40,23 @@ def test_every_field_round_trips_through_json():
         continuation=wan_state(0, "wan", frame, 16),
         end_image=frame,
         return_state=True,
+        distilled_guidance=2.5,
+        slg=SkipLayerGuidance(layers=(7, 9), layer_start=0.05, layer_end=0.3, scale=2.8),
+        ref_images=(frame, frame[:8]),
+        auto_resize_ref_image=False,
+        increase_ref_index=True,
     )
     data, arrays = encode_request(request)
     data = json.loads(json.dumps(data))  # nothing but JSON in the fields
-    assert set(arrays) == {"init_image", "mask_image", "end_image"}
+    assert set(arrays) == {"init_image", "mask_image", "end_image", "ref_images.0", "ref_images.1"}
     again = decode_request(data, arrays)
     assert again == request  # the dataclass equality skips the arrays ...
-    for name in arrays:  # ... which come back exactly
+    for name in ("init_image", "mask_image", "end_image"):  # ... which come back exactly
         np.testing.assert_array_equal(getattr(again, name), getattr(request, name))
+    assert len(again.ref_images) == 2
+    for ours, theirs in zip(again.ref_images, request.ref_images, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert again.slg.layers == (7, 9)
     assert again.continuation.to_json() == request.continuation.to_json()
     assert again.loras[1].is_high_noise and again.hires.upscaler == "lanczos"
 

@@ -25,6 +25,10 @@ release folder or named by --vae, --text-encoder, --tokenizer; --base DIR (a dif
 or a converted one) gives the rest, e.g. Wan 2.1 I2V's CLIP image encoder. What is missing is
 listed before anything is written. --transformer-only writes just DST/transformer/.
 
+SRC may also be an original Flux.1 (Black Forest Labs: dev, schnell, Kontext) or SD3 / SD3.5
+(Stability AI) single file, ComfyUI repacks and fp8 / scaled-fp8 files included: with
+--transformer-only, DST/transformer/ is written, its config read from the tensor shapes.
+
 Every tensor's shape is checked against the Flax model before anything is written; a missing,
 unexpected or mis-shaped key fails naming it.
 """
@@ -138,6 +142,7 @@ def _converter(args: argparse.Namespace) -> tuple[int, Convert]:
     """(tensor count, convert function) for SRC's format; refuses options of other formats."""
     # The converters import torch and JAX: only now that there is something to convert.
     from jaxvideo.convert.diffusers_folder import convert_diffusers_folder, count_tensors
+    from jaxvideo.convert.dit_release.checkpoint import DiTSingleFile, is_dit_single_file
     from jaxvideo.convert.ldm.checkpoint import SingleFileCheckpoint, is_single_file
     from jaxvideo.convert.wan_release.checkpoint import WanOriginalCheckpoint, is_wan_original
 
@@ -162,6 +167,20 @@ def _converter(args: argparse.Namespace) -> tuple[int, Convert]:
             transformer_only=args.transformer_only,
         )
         return ckpt.num_tensors, ckpt.convert
+    if is_dit_single_file(args.src):
+        others = {**wan_flags, "--transformer-only": False, "--tokenizer": args.tokenizer}
+        others |= {"--tokenizer-2": args.tokenizer_2, "--prediction-type": args.prediction_type}
+        given = ", ".join(flag for flag, value in others.items() if value)
+        if given:
+            raise ValueError(f"{given}: not for original Flux.1 / SD3 single files")
+        dit = DiTSingleFile(
+            args.src,
+            config_overrides=parse_overrides(args.config_override),
+            transformer_only=True,
+        )
+        if not args.transformer_only:
+            raise ConversionError(dit.refusal())
+        return dit.num_tensors, dit.convert
     if any(wan_flags.values()):
         given = ", ".join(flag for flag, value in wan_flags.items() if value)
         raise ValueError(f"{given}: only for original Wan checkpoints, which {args.src} is not")

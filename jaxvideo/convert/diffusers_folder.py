@@ -10,12 +10,30 @@ from typing import Any
 
 from jaxvideo.convert.core import ConversionError, convert_tensors
 from jaxvideo.convert.readers import open_component
-from jaxvideo.families import FAMILIES, SD1, SD2, SDXL, SDXL_REFINER, WAN21, WAN22, family
+from jaxvideo.families import (
+    FAMILIES,
+    FLUX,
+    SD1,
+    SD2,
+    SD3,
+    SDXL,
+    SDXL_REFINER,
+    WAN21,
+    WAN22,
+    family,
+)
 from jaxvideo.models.registry import class_name_of, spec_for
 from jaxvideo.weights import CONFIG_FILE, abstract_model, param_shapes, save_component
 
 # Components copied verbatim: tokenizers and scheduler configs need no conversion.
-COPIED = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor", "image_processor")
+COPIED = (
+    "tokenizer",
+    "tokenizer_2",
+    "tokenizer_3",
+    "scheduler",
+    "feature_extractor",
+    "image_processor",
+)
 # Networks converted: every component folder a family may have, in first-seen order.
 CONVERTED = tuple(dict.fromkeys(name for spec in FAMILIES.values() for name in spec.components))
 # Pipeline settings (model_index.json) the Wan pipelines read: the Wan 2.2 expert switch and
@@ -106,13 +124,21 @@ def convert_diffusers_folder(
     return out_index
 
 
+# The family of a transformer-based folder by its transformer class (Wan: see detect_family).
+TRANSFORMER_FAMILIES = {"FluxTransformer2DModel": FLUX.name, "SD3Transformer2DModel": SD3.name}
+
+
 def detect_family(index: dict[str, Any], dst: Path) -> str:
-    """The model family of a diffusers (or converted) folder: Wan by its transformer, else an
-    SD family."""
+    """The model family of a diffusers (or converted) folder: by its transformer's class
+    (Wan 2.1 or 2.2 by their settings), else an SD family."""
     transformer = dst / "transformer" / CONFIG_FILE
     if transformer.is_file():
-        if json.loads(transformer.read_text()).get("_class_name") != "WanTransformer3DModel":
-            raise ConversionError(f"{dst}: unsupported transformer (only Wan is supported)")
+        name = json.loads(transformer.read_text()).get("_class_name")
+        if name in TRANSFORMER_FAMILIES:
+            return TRANSFORMER_FAMILIES[name]
+        if name != "WanTransformer3DModel":
+            known = ", ".join(["WanTransformer3DModel", *TRANSFORMER_FAMILIES])
+            raise ConversionError(f"{dst}: unsupported transformer {name!r}; one of {known}")
         # Wan 2.2: two experts (A14B) or per-token timesteps with the 48-channel VAE (TI2V).
         wan22 = (dst / "transformer_2").is_dir() or index.get("expand_timesteps")
         return WAN22.name if wan22 else WAN21.name

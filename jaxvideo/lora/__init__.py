@@ -6,9 +6,10 @@
     spec = LoraSpec(resolve_lora_path(lora_dir, "my_style"), multiplier=0.8)
     states = cache.get_or_merge({"unet": unet_state, "text_encoder": text_state}, [spec])
 
-`formats` parses files, `targets` maps module names to Flax parameters through each
-component's conversion rules, `merge` computes and applies the deltas, `files` finds LoRAs in
-a folder without leaving it.
+`formats` parses files, `renames` turns the original release code's module names (Wan, Flux,
+SD3, XLabs) into diffusers' and cuts fused projections' LoRAs, `targets` maps module names to
+Flax parameters through each component's conversion rules, `merge` computes and applies the
+deltas, `files` finds LoRAs in a folder without leaving it.
 """
 
 from jaxvideo.lora.files import list_loras, resolve_lora_path

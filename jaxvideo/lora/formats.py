@@ -4,10 +4,11 @@ Nothing here knows the model: kohya module names stay in their underscore form a
 back into dots later against the model's own module list (`targets.py`), because guessing
 where the dots go (`proj_in` vs `proj.in`) is what goes wrong with hand-written replace chains.
 
-Wan LoRAs also ship under the original Wan code's module names (`blocks.0.self_attn.q`, ComfyUI
-files under `diffusion_model.`, musubi-tuner's kohya `lora_unet_blocks_0_self_attn_q`); those
-closed names are renamed to diffusers' by the original-checkpoint table
-(`convert.wan_release.transformer`), so they reach the same parameters as a diffusers LoRA.
+Transformer LoRAs also ship under the original code's module names (Wan's `blocks.0.self_attn.q`,
+Flux's `double_blocks.0.img_attn.qkv`, SD3's `joint_blocks.0.x_block.attn.qkv`; ComfyUI files
+under `diffusion_model.`, kohya's `lora_unet_double_blocks_0_img_attn_qkv`); `renames` turns
+those closed names into diffusers' (a fused projection's LoRA into one pair per diffusers
+module), so they reach the same parameters as a diffusers LoRA.
 """
 
 from __future__ import annotations
@@ -15,50 +16,66 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from jaxvideo.convert.wan_release.transformer import diffusers_module
+from jaxvideo.lora.renames import Part, cut_up, original_parts
 from jaxvideo.lora.spec import LoraError, LoraPair
 
 SAFETENSORS_EXTS = (".safetensors",)
 PICKLE_EXTS = (".pt", ".pth", ".ckpt")
 LORA_EXTS = SAFETENSORS_EXTS + PICKLE_EXTS
 
-# kohya-ss / A1111: lora_unet_<module_with_underscores>.lora_down.weight etc. SDXL files use
-# te1/te2 for its two text encoders, SD1/SD2 files plain te.
-_KOHYA = re.compile(r"lora_(unet|te|te1|te2)_(\w+)\.(lora_down\.weight|lora_up\.weight|alpha)")
+# kohya-ss / A1111: lora_unet_<module_with_underscores>.lora_down.weight etc. SDXL and SD3 files
+# use te1/te2 for their two CLIPs, SD1/SD2 files plain te; sd-scripts' Flux and SD3 LoRAs name
+# the T5 te3, OneTrainer's DiT LoRAs the denoiser `lora_transformer_`.
+_KOHYA = re.compile(
+    r"lora_(unet|transformer|te|te1|te2|te3)_(\w+)\.(lora_down\.weight|lora_up\.weight|alpha)"
+)
 # Files that name "the denoiser" without saying whether it is a UNet or a transformer (kohya's
 # `lora_unet_`, ComfyUI's `diffusion_model.`); `_denoiser_name` decides per file.
 DENOISER = "<denoiser>"
+# The T5 encoder: `text_encoder_2` of Flux, `text_encoder_3` of SD3; the merge picks the one the
+# model has (`merge.COMPONENT_CHOICES`).
+T5_ENCODER = "t5"
 KOHYA_COMPONENTS = {
     "unet": DENOISER,
+    "transformer": "transformer",
     "te": "text_encoder",
     "te1": "text_encoder",
     "te2": "text_encoder_2",
+    "te3": T5_ENCODER,
 }
-# Transformer denoisers (Wan) number their layers `blocks.N`; no UNet has a top-level `blocks`.
-_TRANSFORMER_MODULE = re.compile(r"blocks[._]\d+[._].*")
+# ComfyUI's text encoder prefixes (`text_encoders.clip_l.transformer.`).
+_COMFY_ENCODERS = {"clip_l": "text_encoder", "clip_g": "text_encoder_2", "t5xxl": T5_ENCODER}
+# Transformer denoisers number their layers `blocks.N` (Wan), `transformer_blocks.N`,
+# `single_transformer_blocks.N` (diffusers' Flux, SD3), `double_blocks.N` / `single_blocks.N`
+# (BFL's Flux), `joint_blocks.N` (MMDiT); a UNet has none of them at its top level.
+_TRANSFORMER_MODULE = re.compile(
+    r"(?:single_transformer_|transformer_|double_|single_|joint_)?blocks[._]\d+[._].*"
+)
 
 # diffusers / PEFT. `base_model.model.` is what `PeftModel.save_pretrained` writes; a segment
 # after lora_A/lora_B is an adapter name left in a raw `state_dict()`. ComfyUI writes
 # `diffusion_model.` + original module names with either spelling of down/up.
 _PEFT_PREFIX = "base_model.model."
 _COMPONENT = (
-    r"(?:(unet|text_encoder|text_encoder_2|transformer|transformer_2"
-    r"|(?:model\.)?diffusion_model)\.)?"
+    r"(?:(unet|text_encoder|text_encoder_2|text_encoder_3|transformer|transformer_2"
+    r"|(?:model\.)?diffusion_model|text_encoders\.(?:clip_l|clip_g|t5xxl)\.transformer)\.)?"
 )
 _DIFFUSERS = re.compile(
     _COMPONENT
     + r"(.+?)\.(?:lora_(A|B)(?:\.[^.]+)?\.weight|lora\.(down|up)\.weight"
     + r"|lora_linear_layer\.(down|up)\.weight|lora_(down|up)\.weight|(alpha))"
 )
-# Components whose module names may be original Wan names (None: the file does not say).
-_WAN_NAMED = (None, DENOISER, "transformer", "transformer_2")
+# XLabs' Flux LoRAs: `double_blocks.0.processor.qkv_lora1.down.weight` (`renames` maps them).
+_XLABS = re.compile(_COMPONENT + r"(.+?\.processor\.(?:qkv|proj)_lora[12]?)\.(down|up)\.weight")
+# Components whose module names may be original code names (None: the file does not say).
+_ORIGINAL_NAMED = (None, DENOISER, "transformer", "transformer_2")
 # diffusers' pre-PEFT attention-processor layout: attn1.processor.to_q_lora.down.weight, and
 # its text-encoder twin self_attn.to_q_lora.down.weight (meaning self_attn.q_proj).
 _PROCESSOR = re.compile(
@@ -172,7 +189,13 @@ def _unsupported(key: str) -> str | None:
 
 
 def _component(prefix: str | None) -> str | None:
-    return DENOISER if prefix is not None and prefix.endswith("diffusion_model") else prefix
+    if prefix is None:
+        return None
+    if prefix.endswith("diffusion_model"):
+        return DENOISER
+    if prefix.startswith("text_encoders."):
+        return _COMFY_ENCODERS[prefix.split(".")[1]]
+    return prefix
 
 
 def _classify(key: str) -> tuple[str | None, str, bool, str] | None:
@@ -180,8 +203,11 @@ def _classify(key: str) -> tuple[str | None, str, bool, str] | None:
     m = _KOHYA.fullmatch(key)
     if m:
         role = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}[m[3]]
-        return _wan_renamed(KOHYA_COMPONENTS[m[1]], m[2], True, role)
+        return KOHYA_COMPONENTS[m[1]], m[2], True, role
     name = key.removeprefix(_PEFT_PREFIX)
+    m = _XLABS.fullmatch(name)
+    if m:
+        return _component(m[1]), m[2], False, m[3]
     m = _PROCESSOR.fullmatch(name)
     if m:
         parent, proj = m[2], m[3]
@@ -195,25 +221,32 @@ def _classify(key: str) -> tuple[str | None, str, bool, str] | None:
         ab, role = m[3], m[4] or m[5] or m[6] or m[7]
         if ab:
             role = "down" if ab == "A" else "up"
-        return _wan_renamed(_component(m[1]), m[2], False, role)
+        return _component(m[1]), m[2], False, role
     return None
 
 
-def _wan_renamed(
-    component: str | None, module: str, kohya: bool, role: str
-) -> tuple[str | None, str, bool, str]:
-    """Original Wan module names become diffusers' (dotted: no longer a kohya name); a file's
-    denoiser with Wan names is a Wan transformer."""
-    renamed = diffusers_module(module, underscored=kohya) if component in _WAN_NAMED else None
-    if renamed is None:
-        return component, module, kohya, role
-    return "transformer" if component == DENOISER else component, renamed, False, role
+Group = tuple[str | None, str, bool]  # (component, module, kohya) as the file names them
 
 
-def _denoiser_name(modules: Iterable[str]) -> str:
-    """What a file's `lora_unet_` / `diffusion_model.` prefix means: Wan-style `blocks.N` layers
-    make it a transformer LoRA, anything else (SD's down/up blocks) a UNet one."""
-    return "transformer" if any(_TRANSFORMER_MODULE.fullmatch(m) for m in modules) else "unet"
+def _renamed(group: Group) -> tuple[str | None, bool, tuple[Part, ...]]:
+    """(component, kohya, diffusers parts) of a file's module: original code names become
+    diffusers' (dotted: no longer kohya names), and a file's denoiser with original names is a
+    transformer. Other names stay one part of themselves."""
+    component, module, kohya = group
+    parts = original_parts(module, underscored=kohya) if component in _ORIGINAL_NAMED else None
+    if parts is None:
+        return component, kohya, (Part(module),)
+    return "transformer" if component == DENOISER else component, False, parts
+
+
+def _denoiser_name(renamed: Mapping[Group, tuple[str | None, bool, tuple[Part, ...]]]) -> str:
+    """What a file's `lora_unet_` / `diffusion_model.` prefix means: original transformer names
+    or top-level `blocks.N` / `transformer_blocks.N` layers make it a transformer LoRA, anything
+    else (SD's down/up blocks) a UNet one."""
+    for (named, module, _), (component, _, _) in renamed.items():
+        if named == DENOISER and (component != DENOISER or _TRANSFORMER_MODULE.fullmatch(module)):
+            return "transformer"
+    return "unet"
 
 
 def parse_lora(path: Path) -> list[LoraPair]:
@@ -222,8 +255,8 @@ def parse_lora(path: Path) -> list[LoraPair]:
     if not tensors:
         raise LoraError(f"{path.name}: the file holds no tensors")
     configs = _metadata_configs(metadata)
-    groups: dict[tuple[str | None, str, bool], dict[str, np.ndarray]] = {}
-    names: dict[tuple[str | None, str, bool], dict[str, str]] = {}
+    groups: dict[Group, dict[str, np.ndarray]] = {}
+    names: dict[Group, dict[str, str]] = {}
     unknown: list[str] = []
     for key, value in tensors.items():
         classified = _classify(key)
@@ -242,14 +275,14 @@ def parse_lora(path: Path) -> list[LoraPair]:
             + ", ".join(unknown[:5])
             + (" ..." if len(unknown) > 5 else "")
         )
-    denoiser = _denoiser_name(m for c, m, _ in groups if c == DENOISER)
+    renamed = {group: _renamed(group) for group in groups}
+    denoiser = _denoiser_name(renamed)
     pairs = []
-    for (named, module, kohya), parts in groups.items():
+    for group, parts in groups.items():
+        named, kohya, targets = renamed[group]
         component = denoiser if named == DENOISER else named
         # Errors name a real key of the file, so a user can find it.
-        label = names[(named, module, kohya)].get("down") or next(
-            iter(names[(named, module, kohya)].values())
-        )
+        label = names[group].get("down") or next(iter(names[group].values()))
         if "down" not in parts or "up" not in parts:
             have = ", ".join(sorted(parts))
             raise LoraError(f"{path.name}: {label} needs both down and up weights (has {have})")
@@ -259,13 +292,23 @@ def parse_lora(path: Path) -> list[LoraPair]:
             raise LoraError(
                 f"{path.name}: {label}: down {down.shape} and up {up.shape} are not a LoRA pair"
             )
-        rslora = False
-        if "alpha" in parts:
-            # kohya's trainer reads alpha 0 (or none) as alpha = rank; so do we.
-            alpha = float(parts["alpha"].reshape(-1)[0]) or float(rank)
-        else:
-            alpha, rslora = _config_alpha(configs, component, module)
-            alpha = float(rank if alpha is None else alpha)
-        scale = alpha / (math.sqrt(rank) if rslora else rank)
-        pairs.append(LoraPair(label, component, module, kohya, down, up, scale))
+        for target in targets:
+            scale = _scale(parts, configs, component, target.module)
+            part_up = cut_up(up, down, target)
+            pairs.append(LoraPair(label, component, target.module, kohya, down, part_up, scale))
     return pairs
+
+
+def _scale(
+    parts: Mapping[str, np.ndarray], configs: Mapping[str, Any], component: str | None, module: str
+) -> float:
+    """alpha / rank (alpha / sqrt(rank) for rsLoRA): the file's alpha, else PEFT metadata's."""
+    rank = parts["down"].shape[0]
+    rslora = False
+    if "alpha" in parts:
+        # kohya's trainer reads alpha 0 (or none) as alpha = rank; so do we.
+        alpha = float(parts["alpha"].reshape(-1)[0]) or float(rank)
+    else:
+        found, rslora = _config_alpha(configs, component, module)
+        alpha = float(rank if found is None else found)
+    return alpha / (math.sqrt(rank) if rslora else rank)

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jaxvideo.convert.core import TRANSFORMS, Rule
-from jaxvideo.lora.formats import parse_lora
+from jaxvideo.lora.formats import T5_ENCODER, parse_lora
 from jaxvideo.lora.spec import LoraError, LoraPair, LoraSpec
 from jaxvideo.lora.targets import ModuleTable, Target, module_table
 
@@ -28,6 +28,9 @@ from jaxvideo.lora.targets import ModuleTable, Target, module_table
 # single PyTorch weight a LoRA delta could be laid onto.
 _MERGEABLE = ("linear", "linear_or_1x1", "conv2d", "conv3d")
 DENOISERS = ("unet", "transformer")
+# Components a file names by kind, and the model components that may be it, in order: the T5
+# is Flux's `text_encoder_2` and SD3's `text_encoder_3` (SD3's `text_encoder_2` is a CLIP).
+COMPONENT_CHOICES = {T5_ENCODER: ("text_encoder_3", "text_encoder_2")}
 
 
 def default_rules() -> dict[str, Sequence[Rule]]:
@@ -96,6 +99,19 @@ def flax_delta(pair: LoraPair, target: Target, factor: float) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def _chosen(pairs: list[LoraPair], tables: Mapping[str, ModuleTable]) -> dict[str, str]:
+    """The model component each kind-named component of a file is: the first candidate the
+    model has that owns every such module (else the first it has, to name what is missing)."""
+    out: dict[str, str] = {}
+    for kind, candidates in COMPONENT_CHOICES.items():
+        own = [p for p in pairs if p.component == kind]
+        present = [c for c in candidates if c in tables]
+        if own and present:
+            owners = (c for c in present if all(_lookup(p, tables[c]) is not None for p in own))
+            out[kind] = next(owners, present[0])
+    return out
+
+
 def _resolve_file(
     spec: LoraSpec,
     pairs: list[LoraPair],
@@ -124,8 +140,9 @@ def _resolve_file(
             if all(_lookup(p, tables[name]) is not None for p in unprefixed):
                 guess = name
                 break
+    chosen = _chosen(pairs, tables)
     for pair in pairs:
-        name = pair.component or guess
+        name = chosen.get(pair.component or "", pair.component) or guess
         if name is None:
             missing.append(pair.key)
             continue
@@ -144,6 +161,8 @@ def _resolve_file(
             f"{spec.path.name}: targets {', '.join(sorted(absent))}, which this model does not "
             f"have (it has {', '.join(sorted(tables))})"
         )
+    # A fused original module is several pairs with one key: name it once.
+    missing = list(dict.fromkeys(missing))
     if missing:
         head = ", ".join(sorted(missing)[:5]) + (" ..." if len(missing) > 5 else "")
         if not resolved:

@@ -78,7 +78,7 @@ def _apply_emphasis(hidden: jax.Array, weights: jax.Array) -> jax.Array:
     return weighted * (original_mean / weighted.mean(axis=(1, 2), keepdims=True))
 
 
-class _Conditioner:
+class TextConditioner:
     """Loads the family's encoders (component -> tokenizer folder in `ENCODERS`) and encodes
     [negative, positive] with optional LoRA-merged weights by component name."""
 
@@ -121,7 +121,7 @@ class _Conditioner:
         raise NotImplementedError
 
 
-class ClipConditioner(_Conditioner):
+class ClipConditioner(TextConditioner):
     """SD 1.x / 2.x: the final-norm hidden states of one CLIP encoder (A1111 clip skip)."""
 
     ENCODERS = {"text_encoder": "tokenizer"}
@@ -132,7 +132,7 @@ class ClipConditioner(_Conditioner):
         return Conditioning(hidden)
 
 
-class SDXLConditioner(_Conditioner):
+class SDXLConditioner(TextConditioner):
     """SDXL: both encoders' penultimate layers (no final norm), pooled text_embeds, time_ids."""
 
     ENCODERS = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
@@ -152,7 +152,7 @@ class SDXLConditioner(_Conditioner):
         return Conditioning(context, (pooled, time_ids))
 
 
-class SDXLRefinerConditioner(_Conditioner):
+class SDXLRefinerConditioner(TextConditioner):
     """The SDXL refiner: only the second (OpenCLIP bigG) encoder, and an aesthetic score in
     place of the crop/target-size time ids. Empty negative prompts are encoded, not zeroed
     (the refiner's force_zeros_for_empty_prompt is false)."""

@@ -166,12 +166,12 @@ class WanPipeline(Pipeline):
 
     @property
     def features(self) -> Mapping[str, tuple[str, ...]]:
-        video = ["init_image", "lora"]
+        video = ["init_image", "lora", "flow_shift"]
         if self.is_i2v or self.image_tokens:
             video.append("end_image")
         if "transformer_2" in self._experts:
             video.append("high_noise_sample_params")
-        return {"vid_gen": tuple(video), "img_gen": ("lora",)}
+        return {"vid_gen": tuple(video), "img_gen": ("lora", "flow_shift")}
 
     __hash__ = Pipeline.__hash__  # jit hashes `self` (see Pipeline)
 

@@ -87,7 +87,7 @@ def test_the_demo_models_components_agree(demo):
 
 def test_unknown_pipeline_names_are_attribute_errors():
     with pytest.raises(AttributeError):
-        jaxvideo.pipelines.FluxPipeline  # noqa: B018 (not a family yet)
+        jaxvideo.pipelines.HunyuanVideoPipeline  # noqa: B018 (not a family)
 
 
 def test_a_pipeline_runs_on_its_own_as_the_readme_shows():

@@ -26,6 +26,8 @@ def test_default_config_serves_the_tiny_demo_model(monkeypatch):
         ModelSpec("sd1-tiny-demo", "sd1", "demo:sd1-tiny", "auto"),
         ModelSpec("wan-tiny-demo", "wan21", "demo:wan-tiny", "auto"),
         ModelSpec("wan22-tiny-demo", "wan22", "demo:wan22-tiny", "auto"),
+        ModelSpec("flux-tiny-demo", "flux", "demo:flux-tiny", "auto"),
+        ModelSpec("sd3-tiny-demo", "sd3", "demo:sd3-tiny", "auto"),
     )
     assert dict(config.default_request) == {"steps": 8}
     assert config.server.max_queue_size == 64

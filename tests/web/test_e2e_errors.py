@@ -72,7 +72,9 @@ BAD_REQUESTS = {
         ({"sample_params": {"scheduler": "SGM Uniform"}}, "scheduler"),
         ({"sample_params": {"shifted_timestep": 2000}}, "shifted_timestep"),
         ({"sample_params": {"flow_shift": 3.0}}, "flow_shift"),
-        ({"sample_params": {"guidance": {"slg": {"scale": 2.5}}}}, "slg.scale"),
+        # Skip-layer guidance is SD3.5's: the SD demo model has none.
+        ({"sample_params": {"guidance": {"slg": {"scale": 2.5}}}}, "slg"),
+        ({"ref_images": ["aGk="]}, "ref_images[0]"),
         ({"cache_mode": "easycache"}, "cache_mode"),
         ({"sample_params": {"custom_sigmas": [1.0, 2.0]}}, "custom_sigmas"),
         ({"width": 1024}, "width"),

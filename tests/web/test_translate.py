@@ -325,12 +325,7 @@ def test_sdcpp_fields_map_the_native_request():
     ("body", "param"),
     [
         ({"control_image": "aGk="}, "control_image"),
-        ({"ref_images": ["aGk="]}, "ref_images"),
         ({"cache_mode": "easycache"}, "cache_mode"),
-        (
-            {"sample_params": {"guidance": {"slg": {"scale": 2.5}}}},
-            "sample_params.guidance.slg.scale",
-        ),
     ],
 )
 def test_sdcpp_features_not_implemented_yet_answer_400_by_name(body, param):

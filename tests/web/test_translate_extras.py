@@ -3,21 +3,25 @@ the LoRA folder, VAE tiling and custom sigmas (no server, no model)."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from marshmallow import EXCLUDE
+from PIL import Image
 
 from jaxvideo.config import ServerConfig
-from jaxvideo.request import build_request
+from jaxvideo.request import SkipLayerGuidance, build_request
 from jaxvideo.results import ModelInfo
 from jaxvideo.sampling import SAMPLER_SPECS, SCHEDULE_SPECS
 from jaxvideo.tiling import VaeTiling
 from tests.support.sampling import FLOW_SAMPLERS, FLOW_SCHEDULES, SAMPLERS, SCHEDULERS
 from webapp.core import names as a1111
 from webapp.core.capabilities import Capabilities
-from webapp.core.checks import check_high_noise
+from webapp.core.checks import check_fields, check_high_noise
 from webapp.core.errors import ApiError
 from webapp.core.loras import MAX_LORAS, available_loras
 from webapp.core.names import display_name, scheduler_label
@@ -296,3 +300,69 @@ def test_custom_sigmas_replace_the_schedule_and_set_the_step_count():
     too_many = [float(v) for v in range(200, 0, -1)]
     err = rejects(sdcpp, {"sample_params": {"custom_sigmas": too_many}})
     assert "the limit is 150" in err.message
+
+
+# -- Flux.1 / SD3.5 fields ----------------------------------------------------------------------
+
+
+def b64(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+FLUX = ModelInfo(
+    "flux", "flux", "/m/flux", ("img_gen",), 0,
+    features={"img_gen": ("init_image", "ref_images", "distilled_guidance", "flow_shift")},
+)  # fmt: skip
+SD3 = ModelInfo(
+    "sd3", "sd3", "/m/sd3", ("img_gen",), 0, features={"img_gen": ("init_image", "slg")}
+)
+
+
+def test_native_dit_fields_translate_to_the_request():
+    slg = {"layers": [7, 8], "layer_start": 0.05, "layer_end": 0.3, "scale": 2.8}
+    refs = [b64(np.zeros((16, 24, 3), np.uint8)), b64(np.full((8, 8, 3), 9, np.uint8))]
+    fields = sdcpp(
+        {
+            "sample_params": {"guidance": {"distilled_guidance": 2.5, "slg": slg}},
+            "ref_images": refs,
+            "auto_resize_ref_image": False,
+            "increase_ref_index": True,
+        }
+    )
+    assert fields["distilled_guidance"] == 2.5
+    assert fields["slg"] == SkipLayerGuidance((7, 8), 0.05, 0.3, 2.8)
+    assert [r.shape for r in fields["ref_images"]] == [(16, 24, 3), (8, 8, 3)]
+    assert fields["auto_resize_ref_image"] is False and fields["increase_ref_index"] is True
+    # Scale 0 (what every sd.cpp client sends) is no skip-layer guidance at all.
+    assert "slg" not in sdcpp({"sample_params": {"guidance": {"slg": {**slg, "scale": 0.0}}}})
+    # sdapi's extra_images are reference images too.
+    assert len(sdapi({"prompt": "p", "extra_images": refs})["ref_images"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"sample_params": {"guidance": {"slg": {"layer_start": 1.5}}}}, "layer_start"),
+        ({"sample_params": {"guidance": {"slg": {"scale": -1}}}}, "scale"),
+        ({"sample_params": {"guidance": {"distilled_guidance": 1e9}}}, "distilled_guidance"),
+        ({"ref_images": ["aGk="] * 5}, "ref_images"),
+    ],
+)
+def test_bad_dit_fields_are_400(body, param):
+    assert param in rejects(sdcpp, body).param
+
+
+def test_a_model_without_a_field_refuses_it_by_name_and_drops_neutral_values():
+    err = rejects(check_fields, {"slg": SkipLayerGuidance(scale=1.0)}, FLUX, "img_gen", {})
+    assert err.param == "slg" and "'flux'" in err.message
+    err = rejects(check_fields, {"distilled_guidance": 5.0}, SD3, "img_gen", {})
+    assert "'sd3'" in err.message
+    err = rejects(check_fields, {"ref_images": (np.zeros((8, 8, 3)),)}, SD3, "img_gen", {})
+    assert err.param == "ref_images"
+    # sd.cpp's default distilled guidance asks for nothing: dropped where the model has none.
+    assert check_fields({"distilled_guidance": 3.5}, SD3, "img_gen", {}) == {}
+    assert check_fields({"distilled_guidance": 3.5}, FLUX, "img_gen", {}) == {
+        "distilled_guidance": 3.5
+    }

@@ -522,6 +522,7 @@ def test_capabilities_describe_both_modes(app_client):
         "cache": False,
         "cancel_queued": True,
         "cancel_generating": True,
+        "flow_shift": True,  # a flow model: sample_params.flow_shift works
     }
     wan22 = next(m for m in caps["models"] if m["name"] == "wan22")
     assert wan22["features_by_mode"]["vid_gen"]["end_image"] is True

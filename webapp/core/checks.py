@@ -29,6 +29,8 @@ from webapp.core.errors import NOT_YET, invalid
 # Frames one request may ask for: Wan's longest published clips are 121 frames; memory grows
 # with frames x width x height, and the size limits already bound the other two.
 MAX_FRAMES = 257
+# Reference images one request may carry (Flux Kontext): each adds its tokens to every step.
+MAX_REF_IMAGES = 4
 # Client field -> the feature the model must have in this mode.
 GATED = {
     "init_image": "init_image",
@@ -39,15 +41,23 @@ GATED = {
     "vae_tiling": "vae_tiling",
     "guidance_scale_2": "high_noise_sample_params",
     "clip_skip": "clip_skip",  # a CLIP text encoder's depth (not an sd.cpp feature name)
+    # Flow-matching DiT image models (jaxvideo extensions of sd.cpp's feature names).
+    "distilled_guidance": "distilled_guidance",
+    "slg": "slg",
+    "ref_images": "ref_images",
 }
 # What a model lacks for a field, where the feature's name would not tell the client.
 LACKS = {
     "guidance_scale_2": "has no second (low-noise) expert for guidance_scale_2",
     "clip_skip": "has no CLIP text encoder to skip layers of",
+    "distilled_guidance": "has no distilled guidance (a Flux dev/Kontext feature)",
+    "slg": "has no skip-layer guidance (an SD3.5 feature)",
+    "ref_images": "takes no reference images (a Flux Kontext feature)",
 }
-# Values that ask for nothing beyond the model's own way (A1111's clip skip 1: the last layer),
-# so clients that always send them work with every model.
-NEUTRAL = {"clip_skip": 1}
+# Values that ask for nothing beyond the model's own way (A1111's clip skip 1: the last layer;
+# sd.cpp's default distilled guidance, which its clients send in every body), so clients that
+# always send them work with every model. A model without the feature never sees them.
+NEUTRAL = {"clip_skip": 1, "distilled_guidance": 3.5}
 # Dropped on a model without the feature: sd.cpp clients send them, with their defaults, in
 # every vid_gen body, and they mean nothing without a high-noise expert.
 IGNORED_WITHOUT = {
@@ -101,7 +111,8 @@ def check_fields(
     return {
         key: value
         for key, value in fields.items()
-        if key not in IGNORED_WITHOUT or IGNORED_WITHOUT[key] in declared
+        if (key not in IGNORED_WITHOUT or IGNORED_WITHOUT[key] in declared)
+        and not (key in NEUTRAL and value == NEUTRAL[key] and GATED[key] not in declared)
     }
 
 
@@ -127,9 +138,12 @@ def frames_field(count: int, param: str) -> int:
 
 
 def request_work(request: GenerationRequest) -> float:
-    """Megapixel-steps a request asks for: what `server.max_work` bounds."""
+    """Megapixel-steps a request asks for: what `server.max_work` bounds. Reference images
+    count at their size as sent (Kontext's automatic resize keeps about as many pixels)."""
     frames = request.num_frames if request.mode == "vid_gen" else 1
-    work = request.width * request.height * frames * request.steps * request.batch_count
+    pixels = request.width * request.height * frames
+    pixels += sum(image.shape[0] * image.shape[1] for image in request.ref_images)
+    work = pixels * request.steps * request.batch_count
     hires = request.hires  # a HiresFix once the deferred fields are settled
     if hires is not None:  # its second pass runs at the hires size
         work += hires.width * hires.height * (hires.steps or request.steps) * request.batch_count
@@ -168,6 +182,11 @@ def check_request(
         )
     if not 1 <= request.steps <= limits.max_steps:
         raise invalid(name("steps"), f"must be within [1, {limits.max_steps}], got {request.steps}")
+    if len(request.ref_images) > MAX_REF_IMAGES:
+        raise invalid(
+            name("ref_images"),
+            f"at most {MAX_REF_IMAGES} reference images, got {len(request.ref_images)}",
+        )
     if request.mode == "vid_gen" and request.num_frames > MAX_FRAMES:
         raise invalid(
             name("num_frames"), f"must be within [1, {MAX_FRAMES}], got {request.num_frames}"

@@ -113,16 +113,30 @@ class Service:
         fields: Mapping[str, Any],
         names: Mapping[str, str] | None = None,
         fallback: Mapping[str, Any] | None = None,
+        *,
+        guidance_is_distilled: bool = False,
     ) -> PreparedRequest:
         """Client fields > operator `default_request` > `fallback` (the surface's hard-coded
         values) > the model's defaults, checked (limits, model features; 400s naming the
         surface's `names` for fields) and prepared by the engine.
 
-        An init image's size stands in for a width/height the client did not send."""
-        names = names or {}
+        An init image's size stands in for a width/height the client did not send. With
+        `guidance_is_distilled` (the surfaces whose one guidance field is diffusers'
+        `guidance_scale`: OpenAI images, sdapi), a guidance-distilled model (Flux dev) takes
+        that field as its distilled guidance, as diffusers' FluxPipeline does."""
+        names = dict(names or {})
         check_text(fields, self.caps.limits, names)
         mode = fields.get("mode", "img_gen")
         info = self.model_for(mode, fields.get("model"))
+        fields = dict(fields)
+        if (
+            guidance_is_distilled
+            and "distilled_guidance" in info.features.get(mode, ())
+            and "guidance_scale" in fields
+            and "distilled_guidance" not in fields
+        ):
+            fields["distilled_guidance"] = fields.pop("guidance_scale")
+            names["distilled_guidance"] = names.get("guidance_scale", "guidance_scale")
         client = {**init_image_size(fields, self.caps, names), "model": info.name, "mode": mode}
         client = check_fields(client, info, mode, names)
         try:

@@ -3,8 +3,9 @@
 OpenAI's edit semantics on top of the generation translation (`openai.translate`):
 
 - the image comes as `image` or repeated `image[]` file uploads; the first one is the init
-  image and the others are ignored (the pipeline takes one init image; OpenAI's multi-image
-  edits compose several references, which Stable Diffusion cannot);
+  image. A model that takes reference images (Flux Kontext) gets every uploaded image as a
+  reference too (the peer's mapping of OpenAI's multi-image edits); other models ignore the
+  images after the first (Stable Diffusion takes one init image);
 - `mask` is a PNG whose transparent pixels mark where to edit (a mask without alpha: white =
   edit), see `webapp.images`;
 - `size` unset or `auto` means the image's size, rounded down to a multiple of 8 and clamped
@@ -24,6 +25,7 @@ from typing import Any
 from flask import request
 
 from webapp.core.capabilities import Capabilities
+from webapp.core.checks import MAX_REF_IMAGES
 from webapp.core.errors import NOT_YET, ApiError, invalid
 from webapp.core.http import check_body_complete
 from webapp.core.images import decode_image
@@ -32,7 +34,7 @@ from webapp.core.schemas import load
 from webapp.openai.schemas import ImageEditSchema
 from webapp.openai.translate import NAMES, openai_fields
 
-EDIT_NAMES = {**NAMES, "init_image": "image", "mask_image": "mask"}
+EDIT_NAMES = {**NAMES, "init_image": "image", "mask_image": "mask", "ref_images": "image[]"}
 # Upload fields; `markup` is an OpenAI annotation image this server cannot use.
 FILE_FIELDS = ("image", "image[]", "mask", "markup")
 MASK_STRENGTH = 1.0
@@ -72,21 +74,28 @@ def read_upload() -> EditUpload:
     text = {key: value for key, value in form.items() if value != "" or key == "prompt"}
     return EditUpload(
         form=text,
-        images=[upload.read() for upload in uploads[:1]],
+        images=[upload.read() for upload in uploads],
         image_param=image_param,
         mask=mask.read() if mask is not None else None,
     )
 
 
-def edit_fields(upload: EditUpload, caps: Capabilities) -> tuple[dict[str, Any], OutputOptions]:
-    """The upload -> (client fields, output options); errors name the form field."""
+def edit_fields(
+    upload: EditUpload, caps: Capabilities, references: bool = False
+) -> tuple[dict[str, Any], OutputOptions]:
+    """The upload -> (client fields, output options); errors name the form field. With
+    `references` (the model takes reference images) every image is also a reference."""
     data = load(ImageEditSchema(), upload.form)
     if not upload.images:
         raise invalid("image", "an image file is required (field image or image[])")
     fields, output = openai_fields(data, caps)
-    outer: dict[str, Any] = {
-        "init_image": decode_image(upload.images[0], upload.image_param, caps.limits),
-    }
+    used = upload.images if references else upload.images[:1]
+    if len(used) > MAX_REF_IMAGES:
+        raise invalid(upload.image_param, f"at most {MAX_REF_IMAGES} images, got {len(used)}")
+    images = [decode_image(image, upload.image_param, caps.limits) for image in used]
+    outer: dict[str, Any] = {"init_image": images[0]}
+    if references:
+        outer["ref_images"] = tuple(images)
     if upload.mask is not None:
         outer["mask_image"] = decode_image(upload.mask, "mask", caps.limits, "openai_mask")
     if "strength" in data:

@@ -84,7 +84,7 @@ def generate_images() -> Response:
     svc = service()
     data = load(ImageGenerationSchema(), json_body())
     fields, output = openai_fields(data, svc.caps)
-    prepared = svc.resolve({**fields, "mode": "img_gen"}, NAMES)
+    prepared = svc.resolve({**fields, "mode": "img_gen"}, NAMES, guidance_is_distilled=True)
     return images_response(svc.generate_images(prepared, output, client_connected()))
 
 
@@ -92,8 +92,12 @@ def generate_images() -> Response:
 @waits_for_generation
 def edit_images() -> Response:
     svc = service()
-    fields, output = edit_fields(read_upload(), svc.caps)
-    prepared = svc.resolve({**fields, "mode": "img_gen"}, EDIT_NAMES)
+    upload = read_upload()
+    # The model the edit goes to decides whether its images are references (Flux Kontext).
+    info = svc.model_for("img_gen", upload.form.get("model") or None)
+    references = "ref_images" in info.features.get("img_gen", ())
+    fields, output = edit_fields(upload, svc.caps, references)
+    prepared = svc.resolve({**fields, "mode": "img_gen"}, EDIT_NAMES, guidance_is_distilled=True)
     return images_response(svc.generate_images(prepared, output, client_connected()))
 
 

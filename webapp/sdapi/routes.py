@@ -89,7 +89,7 @@ def _generate(data: dict[str, Any], img2img: bool) -> Response:
     fields, output = sdapi_fields(data, svc.caps, img2img=img2img)
     # POST /sdapi/v1/options may have switched the model.
     fields.setdefault("model", sdapi_options().model(svc))
-    prepared = svc.resolve({**fields, "mode": "img_gen"}, NAMES)
+    prepared = svc.resolve({**fields, "mode": "img_gen"}, NAMES, guidance_is_distilled=True)
     # A1111 clients expect PNG (with the `parameters` chunk unless told otherwise).
     options = apply_output(OutputOptions(), output)
     result = svc.generate_images(prepared, options, client_connected())

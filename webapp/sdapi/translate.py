@@ -14,15 +14,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from webapp.core.capabilities import Capabilities
-from webapp.core.errors import NOT_YET, invalid
+from webapp.core.errors import invalid
 from webapp.core.images import decode_image
 from webapp.core.loras import lora_specs
 from webapp.core.names import parse_sampler, parse_scheduler
 from webapp.sdapi.hires import hires_field
-from webapp.sdcpp.translate import extra_args_fields, extract_extra_args
+from webapp.sdcpp.translate import extra_args_fields, extract_extra_args, reference_fields
 
 # GenerationRequest field -> its sdapi name, for messages about merged fields.
 NAMES = {
+    "ref_images": "extra_images",
     "batch_count": "batch_size",
     "guidance_scale": "cfg_scale",
     "sampler": "sampler_name",
@@ -45,10 +46,12 @@ def sdapi_fields(
     (client fields, output option updates)."""
     data = {key: value for key, value in data.items() if value is not None}
     overrides = data.get("override_settings") or {}
-    if data.get("extra_images"):
-        raise invalid("extra_images", NOT_YET, code="unsupported")
     prompt, block = extract_extra_args(data["prompt"])
-    fields: dict[str, Any] = {"prompt": prompt}
+    # sd.cpp's sdapi extension: reference images (Flux Kontext).
+    fields: dict[str, Any] = {
+        "prompt": prompt,
+        **reference_fields(data.get("extra_images"), caps, "extra_images"),
+    }
     for key, target in (
         ("negative_prompt", "negative_prompt"),
         ("width", "width"),

@@ -11,6 +11,8 @@ from webapp.core.outputs import DEFAULT_VIDEO_QUALITY
 from webapp.core.service import Service
 from webapp.sdcpp.translate import VIDEO_FORMATS
 
+# sd.cpp's feature names, and jaxvideo's for what its features do not name: the distilled
+# guidance of Flux dev/Kontext, SD3.5's skip-layer guidance, and a flow model's flow_shift.
 FEATURES = {
     "img_gen": (
         "init_image",
@@ -22,6 +24,9 @@ FEATURES = {
         "cache",
         "cancel_queued",
         "cancel_generating",
+        "distilled_guidance",
+        "slg",
+        "flow_shift",
     ),
     "vid_gen": (
         "init_image",
@@ -33,10 +38,11 @@ FEATURES = {
         "cache",
         "cancel_queued",
         "cancel_generating",
+        "flow_shift",
     ),
 }
 # Refused by this server whatever the model (the native translation answers 400).
-REFUSED = frozenset(("control_image", "ref_images", "control_frames", "cache"))
+REFUSED = frozenset(("control_image", "control_frames", "cache"))
 # What the server does for every model: its job table cancels queued and running jobs.
 SERVER_FEATURES = frozenset(("cancel_queued", "cancel_generating"))
 
@@ -85,7 +91,7 @@ def sample_defaults(req: GenerationRequest, guidance: float, steps: int) -> dict
         "guidance": {
             "txt_cfg": guidance,
             "img_cfg": None,
-            "distilled_guidance": 3.5,
+            "distilled_guidance": 3.5 if req.distilled_guidance is None else req.distilled_guidance,
             "slg": {"layers": [7, 8, 9], "layer_start": 0.01, "layer_end": 0.2, "scale": 0.0},
         },
     }

@@ -16,17 +16,26 @@ from webapp.core.schemas import Bool, Int, Num, in_range
 CACHE_MODES = ("disabled", "easycache", "ucache", "dbcache", "taylorseer", "cache-dit", "spectrum")
 
 
+FRACTION = validate.Range(0, 1, error="must be within [0, 1]")
+
+
 class SlgSchema(Schema):
-    layers = fields.List(Int())
-    layer_start = Num()
-    layer_end = Num()
-    scale = Num()
+    """Skip-layer guidance (SD3.5): which blocks the extra forward skips, over which fraction
+    of the steps, and how hard it pushes away from that prediction (0: off)."""
+
+    layers = fields.List(Int(validate=validate.Range(0, 1000)), validate=validate.Length(max=64))
+    layer_start = Num(validate=FRACTION)
+    layer_end = Num(validate=FRACTION)
+    scale = Num(validate=validate.Range(0, 100, error="must be within [0, 100]"))
 
 
 class GuidanceSchema(Schema):
     txt_cfg = Num(validate=in_range("guidance_scale"))
     img_cfg = Num(allow_none=True)
-    distilled_guidance = Num()
+    distilled_guidance = Num(
+        validate=in_range("distilled_guidance"),
+        metadata={"description": "the guidance scale Flux dev/Kontext models embed"},
+    )
     slg = fields.Nested(SlgSchema)
 
 
@@ -104,7 +113,9 @@ class ImgGenSchema(GenerationSchema):
     increase_ref_index = Bool()
     control_strength = Num()
     embed_image_metadata = Bool()
-    ref_images = fields.List(fields.String())
+    ref_images = fields.List(
+        fields.String(), metadata={"description": "base64 images (Flux Kontext references)"}
+    )
     mask_image = fields.String(allow_none=True)
     control_image = fields.String(allow_none=True)
 

@@ -15,10 +15,10 @@ from typing import Any
 
 from marshmallow import Schema
 
-from jaxvideo.request import HighNoiseParams
+from jaxvideo.request import HighNoiseParams, SkipLayerGuidance
 from jaxvideo.sampling import custom_sigmas
 from webapp.core.capabilities import Capabilities
-from webapp.core.checks import frames_field
+from webapp.core.checks import MAX_REF_IMAGES, frames_field
 from webapp.core.errors import NOT_YET, ApiError, invalid
 from webapp.core.http import parse_json
 from webapp.core.images import decode_image
@@ -47,6 +47,8 @@ NAMES = {
     "vae_tiling": "vae_tiling_params",
     "num_frames": "video_frames",
     "high_noise": "high_noise_sample_params",
+    "distilled_guidance": "sample_params.guidance.distilled_guidance",
+    "slg": "sample_params.guidance.slg",
 }
 
 
@@ -91,10 +93,13 @@ def extra_args_fields(
 
 def sdcpp_fields(data: Mapping[str, Any], caps: Capabilities) -> tuple[dict[str, Any], dict]:
     """Native img_gen payload -> (client fields, output option updates)."""
-    for key in ("control_image", "ref_images"):
-        if data.get(key):
-            raise invalid(key, NOT_YET, code="unsupported")
+    if data.get("control_image"):
+        raise invalid("control_image", NOT_YET, code="unsupported")
     fields = native_fields(data, caps)
+    fields.update(reference_fields(data.get("ref_images"), caps, "ref_images"))
+    for key in ("auto_resize_ref_image", "increase_ref_index"):
+        if key in data:
+            fields[key] = data[key]
     if data.get("mask_image"):
         fields["mask_image"] = decode_image(data["mask_image"], "mask_image", caps.limits, "mask")
     if "batch_count" in data:
@@ -107,6 +112,17 @@ def sdcpp_fields(data: Mapping[str, Any], caps: Capabilities) -> tuple[dict[str,
     if "embed_image_metadata" in data:
         output["embed_metadata"] = data["embed_image_metadata"]
     return fields, output
+
+
+def reference_fields(images: list[str] | None, caps: Capabilities, param: str) -> dict[str, Any]:
+    """Reference images (base64 / data URLs) -> the request's `ref_images`; none sent, none
+    set (so a model without them is only refused when a client really sends some)."""
+    if not images:
+        return {}
+    if len(images) > MAX_REF_IMAGES:
+        raise invalid(param, f"at most {MAX_REF_IMAGES} reference images, got {len(images)}")
+    decoded = (decode_image(image, f"{param}[{i}]", caps.limits) for i, image in enumerate(images))
+    return {"ref_images": tuple(decoded)}
 
 
 def native_fields(data: Mapping[str, Any], caps: Capabilities) -> dict[str, Any]:
@@ -147,6 +163,12 @@ def native_fields(data: Mapping[str, Any], caps: Capabilities) -> dict[str, Any]
     guidance = params.get("guidance") or {}
     if "txt_cfg" in guidance:
         fields["guidance_scale"] = guidance["txt_cfg"]
+    if "distilled_guidance" in guidance:
+        fields["distilled_guidance"] = guidance["distilled_guidance"]
+    slg = guidance.get("slg") or {}
+    if slg.get("scale"):  # 0 (the default every sd.cpp client sends): off
+        keys = ("layers", "layer_start", "layer_end", "scale")
+        fields["slg"] = SkipLayerGuidance(**{key: slg[key] for key in keys if key in slg})
     return fields
 
 
@@ -175,9 +197,6 @@ def reject_unsupported(data: Mapping[str, Any]) -> None:
     """
     if data.get("cache_mode", "disabled") not in ("", "disabled"):
         raise invalid("cache_mode", NOT_YET, code="unsupported")
-    params = data.get("sample_params") or {}
-    if ((params.get("guidance") or {}).get("slg") or {}).get("scale"):
-        raise invalid("sample_params.guidance.slg.scale", NOT_YET, code="unsupported")
 
 
 # -- vid_gen -------------------------------------------------------------------------------
@@ -215,7 +234,7 @@ def high_noise_field(params: Mapping[str, Any] | None, caps: Capabilities):
         return None
     where = "high_noise_sample_params"
     if ((params.get("guidance") or {}).get("slg") or {}).get("scale"):
-        raise invalid(f"{where}.guidance.slg.scale", NOT_YET, "unsupported")
+        raise invalid(f"{where}.guidance.slg.scale", "applies to SD3.5 models only", "unsupported")
     if params.get("shifted_timestep"):
         raise invalid(f"{where}.shifted_timestep", "applies to SD epsilon models only")
     steps = params.get("sample_steps", -1)
