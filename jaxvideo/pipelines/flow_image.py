@@ -21,7 +21,9 @@ import numpy as np
 from flax import nnx
 
 from jaxvideo.errors import InvalidRequest
+from jaxvideo.lora import LoraCache
 from jaxvideo.media import resize_image
+from jaxvideo.models.registry import class_name_of, spec_for
 from jaxvideo.pipelines.base import (
     CancelledFn,
     Pipeline,
@@ -64,6 +66,7 @@ class FlowImagePipeline(Pipeline):
         vae = load_component(self.model_dir, "vae", dtype=dtype)
         self._vae_def, self._vae_state = nnx.split(vae)
         self.dtype = jax.tree.leaves(self._vae_state)[0].dtype
+        self._loras = LoraCache(max_entries=4, merge_fn=self._merge_loras)
 
     __hash__ = Pipeline.__hash__  # jit hashes `self` (see Pipeline)
 
@@ -90,9 +93,24 @@ class FlowImagePipeline(Pipeline):
         schedule this run steps through."""
         raise NotImplementedError
 
-    def lora_states(self, req: GenerationRequest) -> Mapping[str, nnx.State]:
-        """The network states this request runs with (LoRA-merged where the family has them)."""
+    def lora_components(self) -> dict[str, nnx.State]:
+        """The base weights LoRAs may patch, by component folder name."""
         raise NotImplementedError
+
+    # --- LoRA ----------------------------------------------------------------------------------
+
+    def lora_states(self, req: GenerationRequest) -> Mapping[str, nnx.State]:
+        """The network states this request runs with, LoRA-merged (cached per LoRA set)."""
+        return self._loras.get_or_merge(self.lora_components(), list(req.loras))
+
+    def _merge_loras(self, base: dict[str, nnx.State], loras: list) -> dict[str, nnx.State]:
+        from jaxvideo.lora.merge import merge_loras
+
+        # Each component's key rules come from its reference class (models/registry.py).
+        rules = {
+            name: spec_for(class_name_of(read_config(self.model_dir / name))).rules for name in base
+        }
+        return merge_loras(base, loras, rules=rules)
 
     # --- schedule ------------------------------------------------------------------------------
 

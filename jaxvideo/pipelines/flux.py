@@ -23,7 +23,6 @@ import numpy as np
 from flax import nnx
 
 from jaxvideo.errors import InvalidRequest
-from jaxvideo.lora import LoraCache
 from jaxvideo.media import resize_image
 from jaxvideo.models.flux import flux_rope
 from jaxvideo.pipelines.base import Plan
@@ -131,7 +130,6 @@ class FluxPipeline(FlowImagePipeline):
             self._defaults["steps"] = own.get("steps", 4)
         elif self.kontext:
             self._defaults["distilled_guidance"] = own.get("distilled_guidance", 2.5)
-        self._loras = LoraCache(max_entries=4, merge_fn=self._merge_loras)
 
     __hash__ = FlowImagePipeline.__hash__
 
@@ -303,25 +301,9 @@ class FluxPipeline(FlowImagePipeline):
 
         return velocity
 
-    # --- LoRA ----------------------------------------------------------------------------------
-
-    def lora_states(self, req: GenerationRequest) -> Mapping[str, nnx.State]:
-        base = {
+    def lora_components(self) -> dict[str, nnx.State]:
+        return {
             "transformer": self._dit_state,
             "text_encoder": self._clip_state,
             "text_encoder_2": self._t5_state,
         }
-        return self._loras.get_or_merge(base, list(req.loras))
-
-    def _merge_loras(self, base: dict[str, nnx.State], loras: list) -> dict[str, nnx.State]:
-        from jaxvideo.lora.merge import merge_loras
-        from jaxvideo.models.clip import CLIP_TEXT_SPEC
-        from jaxvideo.models.flux import FLUX_TRANSFORMER_SPEC
-        from jaxvideo.models.t5 import T5_SPEC
-
-        rules = {
-            "transformer": FLUX_TRANSFORMER_SPEC.rules,
-            "text_encoder": CLIP_TEXT_SPEC.rules,
-            "text_encoder_2": T5_SPEC.rules,
-        }
-        return merge_loras(base, loras, rules=rules)

@@ -22,7 +22,6 @@ import numpy as np
 from flax import nnx
 
 from jaxvideo.errors import InvalidRequest
-from jaxvideo.lora import LoraCache
 from jaxvideo.pipelines.base import Plan
 from jaxvideo.pipelines.flow_image import FlowImagePipeline, flow_timestep, step_index
 from jaxvideo.pipelines.sd_conditioning import Conditioning, TextConditioner
@@ -65,7 +64,6 @@ class StableDiffusion3Pipeline(FlowImagePipeline):
         if (self.model_dir / "text_encoder_3").is_dir():
             self._t5 = nnx.split(load_component(self.model_dir, "text_encoder_3", dtype=dtype))
         self.text_length = int(self.index.get("max_sequence_length", TEXT_LENGTH))
-        self._loras = LoraCache(max_entries=4, merge_fn=self._merge_loras)
 
     __hash__ = FlowImagePipeline.__hash__
 
@@ -231,24 +229,8 @@ class StableDiffusion3Pipeline(FlowImagePipeline):
 
         return velocity
 
-    # --- LoRA ----------------------------------------------------------------------------------
-
-    def lora_states(self, req: GenerationRequest) -> Mapping[str, nnx.State]:
+    def lora_components(self) -> dict[str, nnx.State]:
         base = {"transformer": self._dit_state, **self.conditioner.states()}
         if self._t5 is not None:
             base["text_encoder_3"] = self._t5[1]
-        return self._loras.get_or_merge(base, list(req.loras))
-
-    def _merge_loras(self, base: dict[str, nnx.State], loras: list) -> dict[str, nnx.State]:
-        from jaxvideo.lora.merge import merge_loras
-        from jaxvideo.models.clip import CLIP_TEXT_PROJ_SPEC
-        from jaxvideo.models.sd3 import SD3_TRANSFORMER_SPEC
-        from jaxvideo.models.t5 import T5_SPEC
-
-        rules = {
-            "transformer": SD3_TRANSFORMER_SPEC.rules,
-            "text_encoder": CLIP_TEXT_PROJ_SPEC.rules,
-            "text_encoder_2": CLIP_TEXT_PROJ_SPEC.rules,
-            "text_encoder_3": T5_SPEC.rules,
-        }
-        return merge_loras(base, loras, rules={k: v for k, v in rules.items() if k in base})
+        return base
