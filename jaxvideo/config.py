@@ -119,6 +119,13 @@ class ServeConfig:
     # Requests (scalar GenerationRequest fields) run once at start, so the shapes clients
     # will send are compiled before the first client waits for them.
     warmup: tuple[Mapping[str, Any], ...] = ()
+    # How self-attention over a sequence split over `mesh.context` runs: "ulysses" (explicit
+    # all-to-all between sequence and heads) or "gspmd" (the partitioner gathers keys/values).
+    context_parallel: str = "ulysses"
+
+
+# How sequence-parallel self-attention runs (jaxvideo.models.context_parallel).
+CONTEXT_PARALLEL_MODES = ("ulysses", "gspmd")
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> ServeConfig:
@@ -148,7 +155,9 @@ def config_from_dict(
     raw: Any, base_dir: Path | None = None, source: str | None = None
 ) -> ServeConfig:
     """Validates an already-parsed YAML document."""
-    top = _mapping(raw, "", ("models", "server", "default_request", "mesh", "warmup"))
+    top = _mapping(
+        raw, "", ("models", "server", "default_request", "mesh", "context_parallel", "warmup")
+    )
     if "models" not in top:
         raise ConfigError("models: required (a list of at least one model)")
     models = _models(top["models"], base_dir)
@@ -156,7 +165,13 @@ def config_from_dict(
     default_request = _default_request(top.get("default_request") or {})
     mesh = _mesh(top.get("mesh") or {})
     warmup = _warmup(top.get("warmup") or [], {spec.name for spec in models})
-    return ServeConfig(models, server, default_request, mesh, source, warmup)
+    context_parallel = top.get("context_parallel", "ulysses")
+    if context_parallel not in CONTEXT_PARALLEL_MODES:
+        raise ConfigError(
+            f"context_parallel: expected one of {', '.join(CONTEXT_PARALLEL_MODES)}, got "
+            f"{_show(context_parallel)}"
+        )
+    return ServeConfig(models, server, default_request, mesh, source, warmup, context_parallel)
 
 
 def _models(raw: Any, base_dir: Path | None) -> tuple[ModelSpec, ...]:

@@ -73,6 +73,7 @@ class Engine:
         self._infos: dict[str, ModelInfo] = {}
         self._lock = threading.Lock()
         self.mesh = build_mesh(config.mesh)
+        self.context_parallel = config.context_parallel
         if self.mesh is not None:
             axes = {axis: size for axis, size in self.mesh.shape.items() if size > 1}
             log.info("device mesh %s over %d devices", axes, self.mesh.size)
@@ -87,7 +88,8 @@ class Engine:
                 )
             dtype = serving_dtype(spec.dtype)
             try:
-                with activate(self.mesh):  # parameters are placed shard by shard
+                # Parameters are placed shard by shard.
+                with activate(self.mesh, self.context_parallel):
                     pipeline = spec.family_spec.load_pipeline()(folder, dtype=dtype)
             except ValueError as exc:  # a folder that cannot serve: name the model at start
                 raise ValueError(f"model {spec.name!r}: {exc}") from exc
@@ -176,7 +178,7 @@ class Engine:
         req, segment = _continued(prepared.request)
         pipeline = self._pipelines[req.model]
         refiner = self._pipelines[req.refiner] if req.refiner is not None else None
-        with self._lock, activate(self.mesh):
+        with self._lock, activate(self.mesh, self.context_parallel):
             result = pipeline.generate(req, prepared.plan, progress, cancelled, refiner=refiner)
         if pipeline.family.video:
             if req.return_state and result.videos:
@@ -216,7 +218,7 @@ class Engine:
         checks = list(cancelled) if cancelled is not None else [lambda: False] * len(prepared)
         first = prepared[0]
         pipeline = self._pipelines[first.request.model]
-        with self._lock, activate(self.mesh):
+        with self._lock, activate(self.mesh, self.context_parallel):
             results = pipeline.generate_batch(
                 [item.request for item in prepared],
                 first.plan,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxvideo.config import MESH_AXES
+from jaxvideo.models.context_parallel import mode as context_parallel_mode
 
 # Logical axis -> the mesh axes it is split over.
 LOGICAL_AXIS_RULES: dict[str, tuple[str, ...]] = {
@@ -78,9 +79,15 @@ def build_mesh(
     return Mesh(np.array(devices[:count]).reshape(shape), MESH_AXES)
 
 
-def activate(mesh: Mesh | None) -> contextlib.AbstractContextManager:
-    """Makes `mesh` the context for loading and for tracing the jitted functions."""
-    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+@contextlib.contextmanager
+def activate(mesh: Mesh | None, context_parallel: str = "ulysses") -> Iterator[None]:
+    """Makes `mesh` the context for loading and for tracing the jitted functions, with
+    sequence-parallel attention as `context_parallel` says (jaxvideo.models.context_parallel)."""
+    with (
+        context_parallel_mode(context_parallel),
+        jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext(),
+    ):
+        yield
 
 
 def current_mesh() -> Mesh | None:

@@ -6,7 +6,13 @@ threaded through models:
 
 - GPU (CUDA): cuDNN flash attention for half-precision inputs it accepts, else XLA.
 - CPU: a memory-efficient chunked kernel for long attention, else XLA; half inputs run in fp32.
-- anything else (TPU): XLA.
+- TPU: Pallas splash attention (`attention_tpu.py`, flash-style, no score matrix in HBM) for
+  attention without bias; biased attention (T5's short position-bias attention) on XLA.
+- anything else: XLA.
+
+Self-attention over a token sequence split over the mesh's `context` axis runs as Ulysses
+(`context_parallel.py`: all-to-all to heads, one of the kernels above per device, all-to-all
+back) unless the serve config asks for GSPMD's gather of keys and values.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import jax.extend.backend
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvideo.models import context_parallel
 from jaxvideo.sharding import LOGICAL_AXIS_RULES
 
 # On CPU, the full (q_len x kv_len) score matrix of a long self-attention does not fit in cache
@@ -59,6 +66,8 @@ def choose_implementation(
         return "cudnn" if cudnn_ok and not sequence_sharded else "xla"
     if backend == "cpu" and q_len * kv_len >= CPU_CHUNK_MIN_SCORES and not is_causal:
         return "chunked"
+    if backend == "tpu" and not is_causal:
+        return "splash"
     return "xla"
 
 
@@ -73,6 +82,20 @@ def _sequence_sharded() -> bool:
     """Whether the mesh being traced under splits the `seq` logical axis (jaxvideo.sharding)."""
     sizes = dict(jax.sharding.get_abstract_mesh().shape)
     return any(sizes.get(axis, 1) > 1 for axis in LOGICAL_AXIS_RULES["seq"])
+
+
+def _ulysses(query, key, bias, mask, is_causal) -> bool:
+    """Self-attention over a DiT's token sequence split over `context`, in the (default)
+    Ulysses mode: the explicit all-to-all kernel (context_parallel.py) rather than GSPMD's
+    K/V gather."""
+    return (
+        context_parallel.ulysses_here()
+        and _sequence_sharded()
+        and query.shape[1] == key.shape[1]
+        and bias is None
+        and mask is None
+        and not is_causal
+    )
 
 
 def _as_4d(x: jax.Array | None) -> jax.Array | None:
@@ -188,10 +211,20 @@ def _chunked(query, key, value, bias, mask, scale, is_causal):
     return chunked_attention(query, key, value, bias=bias, mask=mask, scale=scale)
 
 
+def _splash(query, key, value, bias, mask, scale, is_causal):
+    from jaxvideo.models.attention_tpu import key_padding, splash_attention
+
+    usable, key_valid = key_padding(mask, key.shape[1])
+    if bias is not None or not usable:  # a position bias (T5) or a general mask: XLA
+        return _xla_attention(query, key, value, bias, mask, scale, is_causal)
+    return splash_attention(query, key, value, key_valid=key_valid, scale=scale)
+
+
 _IMPLEMENTATIONS: dict[str, Callable[..., jax.Array]] = {
     "xla": _xla_attention,
     "cudnn": _cudnn_attention,
     "chunked": _chunked,
+    "splash": _splash,
 }
 
 
@@ -214,6 +247,24 @@ def dot_product_attention(
     """
     dtype = query.dtype
     backend = _backend()
+    if backend == "cpu" and np.dtype(dtype) in _HALF_DTYPES:
+        query, key, value = (x.astype(jnp.float32) for x in (query, key, value))
+    if _ulysses(query, key, bias, mask, is_causal):
+
+        def local(q, k, v, key_mask):
+            impl = choose_implementation(backend, q.dtype, q.shape[-1], q.shape[1], k.shape[1])
+            return _IMPLEMENTATIONS[impl](q, k, v, None, key_mask, scale, False)
+
+        out = context_parallel.ulysses_attention(
+            query,
+            key,
+            value,
+            local,
+            seq_axes=LOGICAL_AXIS_RULES["seq"],
+            batch_axes=LOGICAL_AXIS_RULES["batch"],
+            head_axes=LOGICAL_AXIS_RULES["heads"],
+        )
+        return out.astype(dtype)
     impl = choose_implementation(
         backend,
         dtype,
@@ -223,7 +274,5 @@ def dot_product_attention(
         is_causal,
         sequence_sharded=_sequence_sharded(),
     )
-    if backend == "cpu" and np.dtype(dtype) in _HALF_DTYPES:
-        query, key, value = (x.astype(jnp.float32) for x in (query, key, value))
     out = _IMPLEMENTATIONS[impl](query, key, value, _as_4d(bias), _as_4d(mask), scale, is_causal)
     return out.astype(dtype)

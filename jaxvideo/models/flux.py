@@ -21,6 +21,7 @@ from flax import nnx
 
 from jaxvideo.convert.core import Rule
 from jaxvideo.models.attention import dot_product_attention
+from jaxvideo.models.context_parallel import token_stream
 from jaxvideo.models.dit import (
     AdaLayerNormContinuous,
     AdaLayerNormZero,
@@ -278,12 +279,13 @@ class FluxTransformer2DModel(nnx.Module):
 
         h = constrain(self.x_embedder(x.astype(self.dtype)), "batch", "seq", None)
         context = self.context_embedder(context.astype(self.dtype))
-        for block in self.transformer_blocks:
-            h, context = block(h, context, temb, rope)
-            h = constrain(h, "batch", "seq", None)
-        joint = jnp.concatenate([context, h], axis=1)
-        for block in self.single_transformer_blocks:
-            joint = constrain(block(joint, temb, rope), "batch", "seq", None)
+        with token_stream():  # self-attention over the split sequence: Ulysses
+            for block in self.transformer_blocks:
+                h, context = block(h, context, temb, rope)
+                h = constrain(h, "batch", "seq", None)
+            joint = jnp.concatenate([context, h], axis=1)
+            for block in self.single_transformer_blocks:
+                joint = constrain(block(joint, temb, rope), "batch", "seq", None)
         h = self.norm_out(joint[:, text:], temb)
         return self.proj_out(h)
 

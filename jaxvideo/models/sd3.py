@@ -18,6 +18,7 @@ from flax import nnx
 
 from jaxvideo.convert.core import Rule
 from jaxvideo.models.attention import dot_product_attention
+from jaxvideo.models.context_parallel import token_stream
 from jaxvideo.models.dit import FeedForward, TimeTextEmbedding, fp32_layer_norm
 from jaxvideo.models.layers import Dtype, conv2d
 from jaxvideo.models.registry import ComponentSpec
@@ -354,10 +355,11 @@ class SD3Transformer2DModel(nnx.Module):
         h = constrain(self.pos_embed(x.astype(self.dtype)), "batch", "seq", None)
         temb = self.time_text_embed(jnp.asarray(timestep, jnp.float32), pooled_projections)
         context = self.context_embedder(encoder_hidden_states.astype(self.dtype))
-        for i, block in enumerate(self.transformer_blocks):
-            if i not in skip:
-                h, context = block(h, context, temb)
-                h = constrain(h, "batch", "seq", None)
+        with token_stream():  # self-attention over the split sequence: Ulysses
+            for i, block in enumerate(self.transformer_blocks):
+                if i not in skip:
+                    h, context = block(h, context, temb)
+                    h = constrain(h, "batch", "seq", None)
 
         scale, shift = self.norm_out(temb)
         h = self.proj_out(_modulate(fp32_layer_norm(h, EPS), shift, scale).astype(self.dtype))

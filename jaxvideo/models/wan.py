@@ -19,6 +19,7 @@ from flax import nnx
 
 from jaxvideo.convert.core import Rule
 from jaxvideo.models.attention import dot_product_attention
+from jaxvideo.models.context_parallel import token_stream
 from jaxvideo.models.dit import FeedForward, TextProjection, apply_rope, fp32_layer_norm
 from jaxvideo.models.dit import rope_tables as dit_rope_tables
 from jaxvideo.models.layers import Dtype, TimestepEmbedding, layer_norm, timestep_embedding
@@ -361,8 +362,9 @@ class WanTransformer3DModel(nnx.Module):
         temb, modulation = self.condition_embedder.time(t.reshape(batch, -1))
         context = self.condition_embedder.text_embedder(context.astype(self.dtype))
         image = self._image_tokens(image_context, batch)
-        for block in self.blocks:
-            h = constrain(block(h, context, image, modulation, rope), "batch", "seq", None)
+        with token_stream():  # self-attention over the split sequence: Ulysses
+            for block in self.blocks:
+                h = constrain(block(h, context, image, modulation, rope), "batch", "seq", None)
 
         e = self.scale_shift_table[...].astype(jnp.float32) + temb[:, :, None].astype(jnp.float32)
         shift, scale = e[:, :, 0], e[:, :, 1]

@@ -142,7 +142,8 @@ def test_half_inputs_keep_their_dtype(dtype, q_len):
         (("gpu", jnp.bfloat16, 60, 4096, 4096), "xla"),  # head_dim not a multiple of 8
         (("gpu", jnp.bfloat16, 512, 4096, 4096), "xla"),  # head_dim beyond cuDNN's limit
         (("rocm", jnp.bfloat16, 64, 4096, 4096), "xla"),  # no cuDNN
-        (("tpu", jnp.bfloat16, 64, 4096, 4096), "xla"),
+        (("tpu", jnp.bfloat16, 64, 4096, 4096), "splash"),
+        (("tpu", jnp.float32, 128, 77, 77, True), "xla"),  # causal (CLIP): short, plain XLA
         (("cpu", jnp.float32, 40, 4096, 4096), "chunked"),
         (("cpu", jnp.bfloat16, 128, 3120, 3120), "chunked"),
         (("cpu", jnp.float32, 64, 1024, 1023), "xla"),  # small: fits in cache

@@ -88,6 +88,8 @@ def test_wrong_types_and_values_are_named_with_their_path():
     )
     assert error_of(MODEL + "mesh: {tensor: 0}").startswith("mesh.tensor: must be >= 1")
     assert error_of(MODEL + "mesh: {model: 2}").startswith("mesh.model: unknown key")
+    assert error_of(MODEL + "context_parallel: ring").startswith("context_parallel: expected")
+    assert parse_config(MODEL + "context_parallel: gspmd").context_parallel == "gspmd"
 
 
 def test_models_must_be_a_non_empty_list_with_unique_names():
