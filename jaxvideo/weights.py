@@ -18,12 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jaxvideo.convert.core import ConversionError
 from jaxvideo.models.registry import ComponentSpec, class_name_of, spec_for
 from jaxvideo.sharding import current_mesh, place
+from jaxvideo.tensor_file import TensorFile
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -95,12 +95,14 @@ def load_params_into(
 ) -> nnx.Module:
     """Fills an abstract `model` from a jaxvideo safetensors file, checking every key.
 
-    Under a device mesh (`jaxvideo.sharding.activate`) each parameter is read and placed one
-    shard per device, straight from the memory-mapped file."""
+    Each tensor is read with plain reads into a buffer of its own and put on the device
+    (`jaxvideo.tensor_file`: the file is never mapped whole, so the host peak is the weights
+    plus one tensor); under a device mesh (`jaxvideo.sharding.activate`) each parameter is
+    read and placed one shard per device."""
     graphdef, state = nnx.split(model)
     flat = dict(nnx.to_flat_state(state))
     expected = {flat_path(p): p for p in flat}
-    with safe_open(str(weights_path), framework="numpy") as f:
+    with TensorFile(weights_path) as f:
         keys = set(f.keys())
         missing = sorted(set(expected) - keys)
         unexpected = sorted(keys - set(expected))
@@ -112,8 +114,7 @@ def load_params_into(
         mesh = current_mesh()
         for key, path in expected.items():
             var = flat[path]
-            tensor = f.get_slice(key)
-            shape = tuple(tensor.get_shape())
+            shape = f.shape(key)
             if shape != tuple(var.shape):
                 raise ConversionError(
                     f"{what or weights_path}: {key} has shape {shape}, "
@@ -121,15 +122,16 @@ def load_params_into(
                 )
             np_dtype = np.dtype(dtype if dtype is not None else var.dtype)
             if mesh is None or not shape:
-                var.set_value(jax.device_put(jnp.asarray(f.get_tensor(key), dtype=np_dtype)))
+                # One tensor's buffer at a time: it lives until its device copy exists.
+                var.set_value(jax.device_put(f.read(key).astype(np_dtype, copy=False)))
             else:
-                read = partial(_read_block, tensor, np_dtype)
+                read = partial(_read_block, f, key, np_dtype)
                 var.set_value(place(mesh, key, shape, read))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
-def _read_block(tensor: Any, dtype: np.dtype, index: tuple[slice, ...]) -> np.ndarray:
-    return np.asarray(tensor[index]).astype(dtype, copy=False)
+def _read_block(f: TensorFile, key: str, dtype: np.dtype, index: tuple[slice, ...]) -> np.ndarray:
+    return f.read_block(key, index).astype(dtype, copy=False)
 
 
 def load_component(model_dir: str | Path, name: str, *, dtype: str | Any = "fp32") -> nnx.Module:
