@@ -7,15 +7,47 @@ names and the key tables stay one regex per kind of tensor.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxvideo.convert.core import Rule
 from jaxvideo.models.layers import Dtype, TimestepEmbedding, timestep_embedding
 
 # diffusers' Timesteps(256) in every DiT time embedding (flip_sin_to_cos, no shift).
 TIME_PROJ_DIM = 256
+
+# The key rules of the MMDiTs (Flux, SD3): Flax paths mirror the diffusers names except the
+# ModuleLists padded with Dropout (`to_out.0`, `ff[_context].net.{0.proj,2}`) and `.weight` ->
+# `.kernel` (every other weight is a Linear's, the adaptive norms' `linear` included) or
+# `.scale` (q/k RMS norms). First match wins.
+_FF = r"(.*\.(?:ff|ff_context))\.net\."
+MMDIT_RULES: tuple[Rule, ...] = (
+    Rule(r"(.*)\.to_out\.0\.weight", r"\1.to_out.kernel", "linear"),
+    Rule(r"(.*)\.to_out\.0\.bias", r"\1.to_out.bias"),
+    Rule(_FF + r"0\.proj\.weight", r"\1.proj.kernel", "linear"),
+    Rule(_FF + r"0\.proj\.bias", r"\1.proj.bias"),
+    Rule(_FF + r"2\.weight", r"\1.out.kernel", "linear"),
+    Rule(_FF + r"2\.bias", r"\1.out.bias"),
+    Rule(r"(.*\.norm_(?:q|k|added_q|added_k))\.weight", r"\1.scale"),
+    Rule(r"(.*)\.weight", r"\1.kernel", "linear"),
+    Rule(r"(.*)\.bias", r"\1.bias"),
+)
+
+
+def config_fields(cls: type, d: dict[str, Any], tuples: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The keys of a diffusers config.json dict that the config dataclass `cls` has (unknown
+    keys are ignored), with the JSON lists named in `tuples` made tuples."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in d.items() if k in names}
+    for name in tuples:
+        if name in kwargs:
+            kwargs[name] = tuple(kwargs[name])
+    return kwargs
 
 
 def fp32_layer_norm(x: jax.Array, eps: float) -> jax.Array:

@@ -23,11 +23,13 @@ from jaxvideo.convert.core import Rule
 from jaxvideo.models.attention import dot_product_attention
 from jaxvideo.models.context_parallel import token_stream
 from jaxvideo.models.dit import (
+    MMDIT_RULES,
     AdaLayerNormContinuous,
     AdaLayerNormZero,
     FeedForward,
     TimeTextEmbedding,
     apply_rope,
+    config_fields,
     fp32_layer_norm,
     rope_tables,
 )
@@ -59,10 +61,7 @@ class FluxTransformerConfig:
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> FluxTransformerConfig:
         """Reads a diffusers config.json dict; unknown keys are ignored, bad values raise."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in names}
-        if "axes_dims_rope" in kwargs:
-            kwargs["axes_dims_rope"] = tuple(kwargs["axes_dims_rope"])
+        kwargs = config_fields(cls, d, tuples=("axes_dims_rope",))
         # diffusers: `out_channels = out_channels or in_channels`.
         if not kwargs.get("out_channels"):
             kwargs["out_channels"] = kwargs.get("in_channels", cls.in_channels)
@@ -290,20 +289,8 @@ class FluxTransformer2DModel(nnx.Module):
         return self.proj_out(h)
 
 
-# Flax paths mirror the diffusers names except the ModuleLists padded with Dropout
-# (`to_out.0`, `ff.net.{0.proj,2}`) and `.weight` -> `.kernel` / `.scale`. First match wins.
-_FF = r"(.*\.(?:ff|ff_context))\.net\."
-FLUX_TRANSFORMER_RULES: tuple[Rule, ...] = (
-    Rule(r"(.*)\.to_out\.0\.weight", r"\1.to_out.kernel", "linear"),
-    Rule(r"(.*)\.to_out\.0\.bias", r"\1.to_out.bias"),
-    Rule(_FF + r"0\.proj\.weight", r"\1.proj.kernel", "linear"),
-    Rule(_FF + r"0\.proj\.bias", r"\1.proj.bias"),
-    Rule(_FF + r"2\.weight", r"\1.out.kernel", "linear"),
-    Rule(_FF + r"2\.bias", r"\1.out.bias"),
-    Rule(r"(.*\.norm_(?:q|k|added_q|added_k))\.weight", r"\1.scale"),
-    Rule(r"(.*)\.weight", r"\1.kernel", "linear"),
-    Rule(r"(.*)\.bias", r"\1.bias"),
-)
+# The MMDiT key rules serve Flux unchanged.
+FLUX_TRANSFORMER_RULES: tuple[Rule, ...] = MMDIT_RULES
 
 FLUX_TRANSFORMER_SPEC = ComponentSpec(
     config_from_hf=FluxTransformerConfig.from_hf,

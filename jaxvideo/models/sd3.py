@@ -19,7 +19,13 @@ from flax import nnx
 from jaxvideo.convert.core import Rule
 from jaxvideo.models.attention import dot_product_attention
 from jaxvideo.models.context_parallel import token_stream
-from jaxvideo.models.dit import FeedForward, TimeTextEmbedding, fp32_layer_norm
+from jaxvideo.models.dit import (
+    MMDIT_RULES,
+    FeedForward,
+    TimeTextEmbedding,
+    config_fields,
+    fp32_layer_norm,
+)
 from jaxvideo.models.layers import Dtype, conv2d
 from jaxvideo.models.registry import ComponentSpec
 from jaxvideo.sharding import constrain
@@ -52,10 +58,7 @@ class SD3TransformerConfig:
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> SD3TransformerConfig:
         """Reads a diffusers config.json dict; unknown keys are ignored, bad values raise."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in names}
-        if "dual_attention_layers" in kwargs:
-            kwargs["dual_attention_layers"] = tuple(kwargs["dual_attention_layers"])
+        kwargs = config_fields(cls, d, tuples=("dual_attention_layers",))
         # diffusers: `out_channels if out_channels is not None else in_channels`.
         if kwargs.get("out_channels") is None:
             kwargs["out_channels"] = kwargs.get("in_channels", cls.in_channels)
@@ -398,23 +401,11 @@ class SD3Transformer2DModel(nnx.Module):
         return batch, height, width
 
 
-# Flax paths mirror the diffusers names except the ModuleLists padded with Dropout
-# (`to_out.0`, `ff[_context].net.{0.proj,2}`) and `.weight` -> `.kernel` / `.scale`.
-# First match wins.
-_FF = r"(.*\.(?:ff|ff_context))\.net\."
+# The patch embedding's conv and its stored position table, then the MMDiT key rules.
 SD3_TRANSFORMER_RULES: tuple[Rule, ...] = (
     Rule(r"pos_embed\.proj\.weight", "pos_embed.proj.kernel", "conv2d"),
     Rule(r"pos_embed\.pos_embed", "pos_embed.pos_embed"),
-    Rule(r"(.*)\.to_out\.0\.weight", r"\1.to_out.kernel", "linear"),
-    Rule(r"(.*)\.to_out\.0\.bias", r"\1.to_out.bias"),
-    Rule(_FF + r"0\.proj\.weight", r"\1.proj.kernel", "linear"),
-    Rule(_FF + r"0\.proj\.bias", r"\1.proj.bias"),
-    Rule(_FF + r"2\.weight", r"\1.out.kernel", "linear"),
-    Rule(_FF + r"2\.bias", r"\1.out.bias"),
-    Rule(r"(.*\.norm_(?:q|k|added_q|added_k))\.weight", r"\1.scale"),
-    # Every other weight is a Linear's (the adaptive norms' `linear` included).
-    Rule(r"(.*)\.weight", r"\1.kernel", "linear"),
-    Rule(r"(.*)\.bias", r"\1.bias"),
+    *MMDIT_RULES,
 )
 
 SD3_TRANSFORMER_SPEC = ComponentSpec(

@@ -20,7 +20,13 @@ from flax import nnx
 from jaxvideo.convert.core import Rule
 from jaxvideo.models.attention import dot_product_attention
 from jaxvideo.models.context_parallel import token_stream
-from jaxvideo.models.dit import FeedForward, TextProjection, apply_rope, fp32_layer_norm
+from jaxvideo.models.dit import (
+    FeedForward,
+    TextProjection,
+    apply_rope,
+    config_fields,
+    fp32_layer_norm,
+)
 from jaxvideo.models.dit import rope_tables as dit_rope_tables
 from jaxvideo.models.layers import Dtype, TimestepEmbedding, layer_norm, timestep_embedding
 from jaxvideo.models.registry import ComponentSpec
@@ -59,10 +65,7 @@ class WanTransformerConfig:
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> WanTransformerConfig:
         """Reads a diffusers config.json dict; unknown keys are ignored, bad values raise."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in names}
-        if "patch_size" in kwargs:
-            kwargs["patch_size"] = tuple(kwargs["patch_size"])
+        kwargs = config_fields(cls, d, tuples=("patch_size",))
         # diffusers: `out_channels = out_channels or in_channels`.
         if not kwargs.get("out_channels"):
             kwargs["out_channels"] = kwargs.get("in_channels", cls.in_channels)

@@ -63,12 +63,6 @@ def _reference(pipe, req, ours: JaxFlux, **kw) -> np.ndarray:
     return np.round(images * 255).astype(np.int32)
 
 
-def _assert_close(ours: np.ndarray, ref: np.ndarray) -> None:
-    assert ours.shape == ref.shape
-    assert np.abs(ours.astype(np.int32) - ref).max() <= 1
-    assert ours.std() > 1
-
-
 def _run(ours: JaxFlux, req) -> tuple[np.ndarray, object]:
     noise, _ = ours.initial_noise(req)
     return ours.generate(req).images, noise
@@ -99,7 +93,7 @@ def test_dev_matches_diffusers(dev, fields):
         )
     finally:
         pipe.scheduler = own
-    _assert_close(np.stack(images), ref)
+    tiny_dit.assert_close_u8(np.stack(images), ref)
 
 
 def test_schnell_matches_diffusers(tmp_path_factory):
@@ -109,18 +103,7 @@ def test_schnell_matches_diffusers(tmp_path_factory):
     req = _request(ours)
     images, noise = _run(ours, req)
     ref = _reference(pipe, req, ours, latents=_packed(noise), guidance_scale=0.0)
-    _assert_close(np.stack(images), ref)
-
-
-def _init_image() -> np.ndarray:
-    y, x = np.mgrid[0:SIZE, 0:SIZE]
-    return np.stack([x * 4, y * 4, (x + y) * 2], -1).clip(0, 255).astype(np.uint8)
-
-
-def _deterministic_posterior(vae) -> None:
-    """Pushes the encoder's log-variance channels to the clamp: an encode draws the mean."""
-    with torch.no_grad():
-        vae.encoder.conv_out.bias[vae.config.latent_channels :] = -100.0
+    tiny_dit.assert_close_u8(np.stack(images), ref)
 
 
 def _generator_noise(latent_channels: int) -> tuple[torch.Generator, torch.Tensor]:
@@ -135,10 +118,10 @@ def _generator_noise(latent_channels: int) -> tuple[torch.Generator, torch.Tenso
 def test_img2img_and_inpainting_match_diffusers(tmp_path_factory, inpaint):
     root = tmp_path_factory.mktemp("img2img")
     parts = tiny_dit.flux_components(root, "dev")
-    _deterministic_posterior(parts["vae"])
+    tiny_dit.deterministic_posterior(parts["vae"])
     pipe = (FluxInpaintPipeline if inpaint else FluxImg2ImgPipeline)(**parts)
     ours = JaxFlux(tiny_dit.save_and_convert(pipe, root))
-    image = _init_image()
+    image = tiny_dit.gradient_image(SIZE)
     mask = np.zeros((SIZE, SIZE), np.uint8)
     mask[16:48, 8:40] = 255
     fields = {"init_image": image, "strength": 0.65, "steps": 6}
@@ -161,7 +144,7 @@ def test_img2img_and_inpainting_match_diffusers(tmp_path_factory, inpaint):
         generator=gen,
         **kw,
     )
-    _assert_close(images, ref)
+    tiny_dit.assert_close_u8(images, ref)
     if inpaint:  # the unmasked region's latents are the init image's (the mean, here)
         keep = mask[::8, ::8] == 0
         init = np.asarray(ours.encode_mean(image))[0]
@@ -171,7 +154,7 @@ def test_img2img_and_inpainting_match_diffusers(tmp_path_factory, inpaint):
 def test_kontext_reference_image_matches_diffusers(tmp_path_factory):
     pipe, ours = _converted(tmp_path_factory, "kontext", FluxKontextPipeline)
     assert ours.kontext and "ref_images" in ours.features["img_gen"]
-    ref_image = _init_image()[:48, :32]
+    ref_image = tiny_dit.gradient_image(SIZE)[:48, :32]
     req = _request(ours, ref_images=(ref_image,), auto_resize_ref_image=False)
     images, noise = _run(ours, req)
     ref = _reference(
@@ -184,7 +167,7 @@ def test_kontext_reference_image_matches_diffusers(tmp_path_factory):
         _auto_resize=False,
         max_area=SIZE * SIZE,  # Kontext scales the output to this area (1024^2 by default)
     )
-    _assert_close(np.stack(images), ref)
+    tiny_dit.assert_close_u8(np.stack(images), ref)
     # The reference reaches the denoiser: the same run without it ends elsewhere.
     _, keys = ours.initial_noise(req)
     plain = _request(ours)
@@ -213,7 +196,8 @@ def test_two_reference_images_match_a_diffusers_loop(tmp_path_factory):
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
     pipe, ours = _converted(tmp_path_factory, "kontext2", FluxKontextPipeline)
-    refs = [_init_image()[:32, :48], _init_image()[16:48, 16:32]]
+    image = tiny_dit.gradient_image(SIZE)
+    refs = [image[:32, :48], image[16:48, 16:32]]
     req = _request(ours, ref_images=tuple(refs), auto_resize_ref_image=False)
     images, noise = _run(ours, req)
 
@@ -252,7 +236,9 @@ def test_two_reference_images_match_a_diffusers_loop(tmp_path_factory):
         latents = pipe._unpack_latents(latents, SIZE, SIZE, 8)
         latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
         ref = pipe.vae.decode(latents).sample.permute(0, 2, 3, 1).numpy()
-    _assert_close(np.stack(images), np.round((ref / 2 + 0.5).clip(0, 1) * 255).astype(np.int32))
+    tiny_dit.assert_close_u8(
+        np.stack(images), np.round((ref / 2 + 0.5).clip(0, 1) * 255).astype(np.int32)
+    )
 
 
 def test_every_flow_sampler_and_schedule_runs_on_flux(dev):

@@ -26,7 +26,7 @@ def _converted(tmp_path_factory, name: str, cls=StableDiffusion3Pipeline, t5: bo
     root = tmp_path_factory.mktemp(name)
     parts = tiny_dit.sd3_components(root, t5=t5)
     if cls is not StableDiffusion3Pipeline:
-        _deterministic_posterior(parts["vae"])
+        tiny_dit.deterministic_posterior(parts["vae"])
     pipe = cls(**parts)
     return pipe, JaxSD3(tiny_dit.save_and_convert(pipe, root))
 
@@ -65,12 +65,6 @@ def _reference(pipe, req, ours: JaxSD3, **kw) -> np.ndarray:
     return np.round(images * 255).astype(np.int32)
 
 
-def _assert_close(ours: np.ndarray, ref: np.ndarray) -> None:
-    assert ours.shape == ref.shape
-    assert np.abs(ours.astype(np.int32) - ref).max() <= 1
-    assert ours.std() > 1
-
-
 def _nchw(noise) -> torch.Tensor:
     return torch.from_numpy(np.array(noise)).permute(0, 3, 1, 2).contiguous()
 
@@ -79,7 +73,7 @@ def test_cfg_matches_diffusers(sd35):
     pipe, ours = sd35
     req = _request(ours)
     noise, _ = ours.initial_noise(req)
-    _assert_close(
+    tiny_dit.assert_close_u8(
         np.stack(ours.generate(req).images), _reference(pipe, req, ours, latents=_nchw(noise))
     )
 
@@ -101,7 +95,7 @@ def test_skip_layer_guidance_matches_diffusers(sd35):
         skip_layer_guidance_start=slg.layer_start,
         skip_layer_guidance_stop=slg.layer_end,
     )
-    _assert_close(images, ref)
+    tiny_dit.assert_close_u8(images, ref)
     plain = np.stack(ours.generate(_request(ours, steps=10)).images)
     assert np.abs(plain.astype(int) - images).max() > 2  # the guidance changes the image
 
@@ -110,27 +104,16 @@ def test_without_t5_matches_diffusers(tmp_path_factory):
     pipe, ours = _converted(tmp_path_factory, "no-t5", t5=False)
     req = _request(ours)
     noise, _ = ours.initial_noise(req)
-    _assert_close(
+    tiny_dit.assert_close_u8(
         np.stack(ours.generate(req).images), _reference(pipe, req, ours, latents=_nchw(noise))
     )
-
-
-def _init_image() -> np.ndarray:
-    y, x = np.mgrid[0:SIZE, 0:SIZE]
-    return np.stack([x * 4, y * 4, (x + y) * 2], -1).clip(0, 255).astype(np.uint8)
-
-
-def _deterministic_posterior(vae) -> None:
-    """Pushes the encoder's log-variance channels to the clamp: an encode draws the mean."""
-    with torch.no_grad():
-        vae.encoder.conv_out.bias[vae.config.latent_channels :] = -100.0
 
 
 @pytest.mark.parametrize("inpaint", [False, True], ids=["img2img", "inpaint"])
 def test_img2img_and_inpainting_match_diffusers(tmp_path_factory, inpaint):
     cls = StableDiffusion3InpaintPipeline if inpaint else StableDiffusion3Img2ImgPipeline
     pipe, ours = _converted(tmp_path_factory, "img2img", cls)
-    image = _init_image()
+    image = tiny_dit.gradient_image(SIZE)
     mask = np.zeros((SIZE, SIZE), np.uint8)
     mask[8:40, 24:56] = 255
     fields = {"init_image": image, "strength": 0.7, "steps": 5}
@@ -166,4 +149,4 @@ def test_img2img_and_inpainting_match_diffusers(tmp_path_factory, inpaint):
         pixels = pipe.vae.decode(ref / config.scaling_factor + config.shift_factor).sample
     np.testing.assert_allclose(np.asarray(latents), ref.permute(0, 2, 3, 1).numpy(), atol=1e-4)
     pixels = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    _assert_close(ours.decode(latents), np.round(pixels * 255).astype(np.int32))
+    tiny_dit.assert_close_u8(ours.decode(latents), np.round(pixels * 255).astype(np.int32))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -27,7 +28,14 @@ from transformers import (
 from jaxvideo.tokenizers import write_tiny_t5_tokenizer
 from tests.support.tiny_sd import perturb, save_and_convert, text_config, tokenizer
 
-__all__ = ["flux_components", "save_and_convert", "sd3_components"]
+__all__ = [
+    "assert_close_u8",
+    "deterministic_posterior",
+    "flux_components",
+    "gradient_image",
+    "save_and_convert",
+    "sd3_components",
+]
 
 WIDTH = 32
 SD3_JOINT = 80  # T5's width: both CLIP layers (2 x 32) fit side by side
@@ -160,3 +168,22 @@ def sd3_components(root: Path, t5: bool = True) -> dict:
             perturb(parts[name])
             parts[name].eval()
     return parts
+
+
+def assert_close_u8(ours: np.ndarray, ref: np.ndarray) -> None:
+    """uint8 pictures within one 8-bit level of the reference's (int), and not flat."""
+    assert ours.shape == ref.shape
+    assert np.abs(ours.astype(np.int32) - ref).max() <= 1
+    assert ours.std() > 1
+
+
+def gradient_image(size: int) -> np.ndarray:
+    """A size x size RGB test picture (smooth gradients, so every pixel is different)."""
+    y, x = np.mgrid[0:size, 0:size]
+    return np.stack([x * 4, y * 4, (x + y) * 2], -1).clip(0, 255).astype(np.uint8)
+
+
+def deterministic_posterior(vae: AutoencoderKL) -> None:
+    """Pushes the encoder's log-variance channels to the clamp: an encode draws the mean."""
+    with torch.no_grad():
+        vae.encoder.conv_out.bias[vae.config.latent_channels :] = -100.0
