@@ -24,6 +24,9 @@ from jaxvideo.request import GenerationRequest, check_ranges
 
 # "auto": bf16 on accelerators (GPU/TPU), fp32 on CPU, decided when the model loads.
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+# When a model's weights are read: at server start, or at the first request that needs it
+# (and again after the engine evicted it to make room for another).
+LOAD_POLICIES = ("startup", "on_demand")
 MESH_AXES = ("data", "fsdp", "tensor", "context")
 DEMO_PREFIX = "demo:"
 DEFAULT_CONFIG_RESOURCE = "configs/default.yaml"
@@ -43,6 +46,7 @@ class ModelSpec:
     family: str
     path: str
     dtype: str = "auto"
+    load: str = "startup"
 
     @property
     def is_demo(self) -> bool:
@@ -97,6 +101,9 @@ class ServerConfig:
     # Persistent XLA compilation cache: compiled denoisers and decoders are written here and
     # reused by the next start (a restart skips most compile time). Unset = no cache.
     compilation_cache_dir: str | None = None
+    # Memory of one device in GiB for the memory plan (jaxvideo.memory_plan). Unset: what
+    # JAX reports for a GPU or TPU; on CPU the host's memory divided among the mesh's devices.
+    device_memory_gib: float | None = None
     # Origins (scheme://host[:port]) whose web pages may call this server from a browser; "*"
     # allows any. Empty: same-origin only, so no other site's page can submit jobs or read
     # results through a visitor's browser.
@@ -181,7 +188,7 @@ def _models(raw: Any, base_dir: Path | None) -> tuple[ModelSpec, ...]:
     seen: set[str] = set()
     for i, item in enumerate(raw):
         where = f"models[{i}]"
-        entry = _mapping(item, where, ("name", "family", "path", "dtype"))
+        entry = _mapping(item, where, ("name", "family", "path", "dtype", "load"))
         for key in ("name", "family", "path"):
             if key not in entry:
                 raise ConfigError(f"{where}.{key}: required")
@@ -193,12 +200,13 @@ def _models(raw: Any, base_dir: Path | None) -> tuple[ModelSpec, ...]:
         seen.add(name)
         family = _choice(entry["family"], f"{where}.family", FAMILY_NAMES)
         dtype = _choice(entry.get("dtype", "auto"), f"{where}.dtype", DTYPES)
+        load = _choice(entry.get("load", "startup"), f"{where}.load", LOAD_POLICIES)
         path = _typed(entry["path"], f"{where}.path", str)
         if not path.startswith(DEMO_PREFIX):
             path = _resolve(path, base_dir)
         elif path == DEMO_PREFIX:
             raise ConfigError(f"{where}.path: 'demo:' needs a demo model name, e.g. demo:sd1-tiny")
-        specs.append(ModelSpec(name=name, family=family, path=path, dtype=dtype))
+        specs.append(ModelSpec(name=name, family=family, path=path, dtype=dtype, load=load))
     return tuple(specs)
 
 
@@ -220,6 +228,8 @@ def _server(raw: Any, base_dir: Path | None) -> ServerConfig:
             )
         elif key in ("job_retention_s", "expired_retention_s"):
             values[key] = _number(value, where, minimum=0)
+        elif key == "device_memory_gib":
+            values[key] = None if value is None else _number(value, where, minimum=0)
         else:
             values[key] = _integer(value, where, minimum=1)
     if values.get("output_dir", "") is None:

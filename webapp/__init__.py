@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, Flask
 
 from jaxvideo.config import ServeConfig, load_config
-from webapp.core import health
+from webapp.core import admin, health
 from webapp.core.capabilities import Capabilities
 from webapp.core.errors import register_error_handlers
 from webapp.core.http import install_hooks, waiting_routes
@@ -35,8 +35,22 @@ _app_lock = threading.Lock()
 
 # One blueprint per surface (the OpenAI one in two: images and videos), and what
 # /openapi.json documents, route by route.
-BLUEPRINTS: tuple[Blueprint, ...] = (health.bp, images.bp, videos.bp, sdapi.bp, sdcpp.bp)
-ROUTE_DOCS = (*health.DOCS, *images.DOCS, *videos.DOCS, *sdapi.DOCS, *sdcpp.DOCS)
+BLUEPRINTS: tuple[Blueprint, ...] = (
+    health.bp,
+    admin.bp,
+    images.bp,
+    videos.bp,
+    sdapi.bp,
+    sdcpp.bp,
+)
+ROUTE_DOCS = (
+    *health.DOCS,
+    *admin.DOCS,
+    *images.DOCS,
+    *videos.DOCS,
+    *sdapi.DOCS,
+    *sdcpp.DOCS,
+)
 
 
 def create_app(config: ServeConfig | None = None, engine: Any = None) -> Flask:

@@ -9,6 +9,8 @@ threaded through models:
 - TPU: Pallas splash attention (`attention_tpu.py`, flash-style, no score matrix in HBM) for
   attention without bias; biased attention (T5's short position-bias attention) on XLA.
 - anything else: XLA.
+- while a cost is being counted (`counting`, jaxvideo.cost): the plain formula inside one
+  call named `fused_attention`, so FLOPs are the formula's and memory counts no score matrix.
 
 Self-attention over a token sequence split over the mesh's `context` axis runs as Ulysses
 (`context_parallel.py`: all-to-all to heads, one of the kernels above per device, all-to-all
@@ -17,7 +19,10 @@ back) unless the serve config asks for GSPMD's gather of keys and values.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import functools
+import threading
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.extend.backend
@@ -54,7 +59,7 @@ def choose_implementation(
     is_causal: bool = False,
     sequence_sharded: bool = False,
 ) -> str:
-    """'cudnn', 'chunked' or 'xla' for one attention problem.
+    """'cudnn', 'chunked', 'splash', 'xla' (or 'fused' while counting) for one problem.
 
     `backend` is `jax.default_backend()`, except that a GPU without CUDA is "rocm" (no cuDNN).
     `sequence_sharded`: the token sequence may be split over devices (sequence parallelism),
@@ -68,10 +73,29 @@ def choose_implementation(
         return "chunked"
     if backend == "tpu" and not is_causal:
         return "splash"
+    if backend == "count":
+        return "fused"
     return "xla"
 
 
+_counting = threading.local()
+
+
+@contextlib.contextmanager
+def counting() -> Iterator[None]:
+    """Traces attention as one opaque `fused_attention` call (jaxvideo.cost), whatever the
+    platform: what a flash kernel costs in FLOPs, without a score matrix in memory."""
+    before = getattr(_counting, "on", False)
+    _counting.on = True
+    try:
+        yield
+    finally:
+        _counting.on = before
+
+
 def _backend() -> str:
+    if getattr(_counting, "on", False):
+        return "count"
     backend = jax.default_backend()
     if backend == "gpu" and "cuda" not in jax.extend.backend.get_backend().platform_version:
         return "rocm"
@@ -220,7 +244,17 @@ def _splash(query, key, value, bias, mask, scale, is_causal):
     return splash_attention(query, key, value, key_valid=key_valid, scale=scale)
 
 
+@functools.partial(jax.jit, static_argnums=(5, 6))
+def fused_attention(query, key, value, bias, mask, scale, is_causal):
+    return _xla_attention(query, key, value, bias, mask, scale, is_causal)
+
+
+def _fused(query, key, value, bias, mask, scale, is_causal):
+    return fused_attention(query, key, value, bias, mask, scale, is_causal)
+
+
 _IMPLEMENTATIONS: dict[str, Callable[..., jax.Array]] = {
+    "fused": _fused,
     "xla": _xla_attention,
     "cudnn": _cudnn_attention,
     "chunked": _chunked,

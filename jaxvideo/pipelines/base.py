@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvideo.cost import NetworkCall, Shape
 from jaxvideo.errors import Cancelled, InvalidRequest
 from jaxvideo.families import FamilySpec, family
 from jaxvideo.request import GenerationRequest
@@ -92,6 +93,16 @@ class Pipeline:
         together (a text encoder narrower than the denoiser's cross-attention, ...): checked
         when a model loads and when it is converted, so it never serves failing requests."""
         return []
+
+    @classmethod
+    def network_calls(
+        cls, configs: Mapping[str, Mapping[str, Any]], index: Mapping[str, Any], shape: Shape
+    ) -> list[NetworkCall]:
+        """The denoiser and VAE-decoder calls one request of `shape` makes, with the shapes
+        they pass (jaxvideo.cost): read from the components' configs (`configs`, by folder)
+        and `model_index.json` (`index`) alone, so a model's FLOPs and memory are known
+        before, or without, loading it."""
+        raise NotImplementedError
 
     # --- what the model supports (ModelInfo) --------------------------------------------------
 

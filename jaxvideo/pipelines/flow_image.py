@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxvideo.cost import NetworkCall, Shape, spec
 from jaxvideo.errors import InvalidRequest
 from jaxvideo.lora import LoraCache
 from jaxvideo.media import resize_image
@@ -69,6 +70,13 @@ class FlowImagePipeline(Pipeline):
         self._loras = LoraCache(max_entries=4, merge_fn=self._merge_loras)
 
     __hash__ = Pipeline.__hash__  # jit hashes `self` (see Pipeline)
+
+    @staticmethod
+    def decoder_call(configs: Mapping[str, Mapping[str, Any]], shape: Shape) -> NetworkCall:
+        """The VAE decode of one request's latents (B, h, w, C)."""
+        h, w = shape.height // LATENT_SCALE, shape.width // LATENT_SCALE
+        latents = spec((shape.batch, h, w, configs["vae"].get("latent_channels", 16)))
+        return NetworkCall("vae", "decoder", (latents,), method="decode", split=(("rows", None),))
 
     # --- what a family supplies ----------------------------------------------------------------
 

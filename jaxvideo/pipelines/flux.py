@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxvideo.cost import NetworkCall, Shape, spec
 from jaxvideo.errors import InvalidRequest
 from jaxvideo.media import resize_image
 from jaxvideo.models.flux import flux_rope
@@ -151,6 +152,29 @@ class FluxPipeline(FlowImagePipeline):
                 f"{dit.get('in_channels')} (4 per channel: 2x2 patches)"
             )
         return problems
+
+    @classmethod
+    def network_calls(
+        cls, configs: Mapping[str, Mapping[str, Any]], index: Mapping[str, Any], shape: Shape
+    ) -> list[NetworkCall]:
+        dit = configs["transformer"]
+        rows = shape.copies
+        text = int(index.get("max_sequence_length", TEXT_LENGTH))
+        tokens = (shape.height // (2 * LATENT_SCALE)) * (shape.width // (2 * LATENT_SCALE))
+        rope = spec((text + tokens, dit.get("attention_head_dim", 128) // 2))
+        args = [
+            spec((rows, tokens, dit.get("in_channels", 64))),
+            spec((rows,)),
+            spec((rows, text, dit.get("joint_attention_dim", 4096))),
+            spec((rows, dit.get("pooled_projection_dim", 768))),
+            (rope, rope),
+        ]
+        if dit.get("guidance_embeds"):
+            args.append(spec((rows,)))
+        denoiser = NetworkCall(
+            "transformer", "denoiser", tuple(args), split=(("batch", rows), ("seq", None))
+        )
+        return [denoiser, cls.decoder_call(configs, shape)]
 
     # --- what the engine reports ---------------------------------------------------------------
 

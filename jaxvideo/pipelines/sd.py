@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxvideo.cost import NetworkCall, Shape, spec
 from jaxvideo.errors import InvalidRequest
 from jaxvideo.lazy import load
 from jaxvideo.lora import LoraCache
@@ -52,6 +53,7 @@ from jaxvideo.tiling import LATENT_SCALE, tiled_decode
 from jaxvideo.weights import load_component, read_config
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+CLIP_TOKENS = 77  # one chunk of prompt tokens (longer prompts add chunks of 77)
 
 
 class StableDiffusionPipeline(TwoPasses, Pipeline):
@@ -78,6 +80,37 @@ class StableDiffusionPipeline(TwoPasses, Pipeline):
         self._vae_def, self._vae_state = nnx.split(vae)
         self.dtype = jax.tree.leaves(self._unet_state)[0].dtype
         self._loras = LoraCache(max_entries=4)
+
+    @classmethod
+    def network_calls(
+        cls, configs: Mapping[str, Mapping[str, Any]], index: Mapping[str, Any], shape: Shape
+    ) -> list[NetworkCall]:
+        unet, vae = configs["unet"], configs["vae"]
+        rows, h, w = shape.copies, shape.height // LATENT_SCALE, shape.width // LATENT_SCALE
+        added = {}
+        if unet.get("addition_embed_type") == "text_time":  # SDXL: pooled text + 6 size ids
+            ids = 6 * int(unet["addition_time_embed_dim"])
+            text = int(unet["projection_class_embeddings_input_dim"]) - ids
+            added = {"added_cond": (spec((rows, text)), spec((rows, 6)))}
+        denoiser = NetworkCall(
+            "unet",
+            "denoiser",
+            (
+                spec((rows, h, w, unet.get("in_channels", 4))),
+                spec((rows,)),
+                spec((rows, CLIP_TOKENS, unet["cross_attention_dim"])),
+            ),
+            added,
+            split=(("batch", rows),),
+        )
+        decoder = NetworkCall(
+            "vae",
+            "decoder",
+            (spec((shape.batch, h, w, vae.get("latent_channels", 4))),),
+            method="decode",
+            split=(("rows", None),),
+        )
+        return [denoiser, decoder]
 
     @property
     def features(self) -> Mapping[str, tuple[str, ...]]:

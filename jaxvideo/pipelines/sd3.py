@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxvideo.cost import NetworkCall, Shape, spec
 from jaxvideo.errors import InvalidRequest
 from jaxvideo.pipelines.base import Plan
-from jaxvideo.pipelines.flow_image import FlowImagePipeline, flow_timestep, step_index
+from jaxvideo.pipelines.flow_image import LATENT_SCALE, FlowImagePipeline, flow_timestep, step_index
 from jaxvideo.pipelines.sd_conditioning import Conditioning, TextConditioner
 from jaxvideo.request import GenerationRequest
 from jaxvideo.sampling.flow_schedules import NUM_TRAIN_TIMESTEPS, time_shift
@@ -32,6 +33,7 @@ from jaxvideo.weights import load_component
 
 # StableDiffusion3Pipeline's default max_sequence_length (T5 tokens); a folder may set its own.
 TEXT_LENGTH = 256
+CLIP_TOKENS = 77  # CLIP-L/G tokens ahead of T5's in the joint context
 
 
 class SD3Conditioner(TextConditioner):
@@ -102,6 +104,24 @@ class StableDiffusion3Pipeline(FlowImagePipeline):
                 f"{dit.get('in_channels')}"
             )
         return problems
+
+    @classmethod
+    def network_calls(
+        cls, configs: Mapping[str, Mapping[str, Any]], index: Mapping[str, Any], shape: Shape
+    ) -> list[NetworkCall]:
+        dit = configs["transformer"]
+        rows, h, w = shape.copies, shape.height // LATENT_SCALE, shape.width // LATENT_SCALE
+        text = CLIP_TOKENS + int(index.get("max_sequence_length", TEXT_LENGTH))
+        args = (
+            spec((rows, h, w, dit.get("in_channels", 16))),
+            spec((rows,)),
+            spec((rows, text, dit.get("joint_attention_dim", 4096))),
+            spec((rows, dit.get("pooled_projection_dim", 2048))),
+        )
+        denoiser = NetworkCall(
+            "transformer", "denoiser", args, split=(("batch", rows), ("seq", None))
+        )
+        return [denoiser, cls.decoder_call(configs, shape)]
 
     # --- what the engine reports ---------------------------------------------------------------
 

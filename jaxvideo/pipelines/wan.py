@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxvideo.cost import NetworkCall, Shape, spec
 from jaxvideo.errors import InvalidRequest
 from jaxvideo.lora import LoraCache
 from jaxvideo.media import resize_image
@@ -50,6 +51,7 @@ from jaxvideo.weights import load_component, read_config
 
 TEMPORAL_SCALE = 4  # the Wan VAE's frame compression: 4n + 1 frames -> n + 1 latent frames
 SPATIAL_SCALE = 8
+CLIP_IMAGE_TOKENS = 257  # CLIP ViT-H/14 at 224 px: 16 x 16 patches + the class token
 TEXT_LENGTH = 512  # diffusers' max_sequence_length for Wan
 
 
@@ -113,6 +115,39 @@ class WanPipeline(Pipeline):
             )
         self.dtype = jax.tree.leaves(self._experts["transformer"][1])[0].dtype
         self._loras = LoraCache(max_entries=4, merge_fn=self._merge_loras)
+
+    @classmethod
+    def network_calls(
+        cls, configs: Mapping[str, Mapping[str, Any]], index: Mapping[str, Any], shape: Shape
+    ) -> list[NetworkCall]:
+        dit, vae = configs["transformer"], configs["vae"]
+        rows, batch = shape.copies, shape.batch
+        latent = (frame_count(shape.frames) - 1) // TEMPORAL_SCALE + 1
+        h, w = shape.height // SPATIAL_SCALE, shape.width // SPATIAL_SCALE
+        kwargs = {}
+        if dit.get("image_dim") is not None:  # CLIP image tokens (Wan 2.1 I2V / FLF2V)
+            kwargs["image_context"] = spec((rows, CLIP_IMAGE_TOKENS, dit["image_dim"]))
+        args = (
+            spec((rows, latent, h, w, dit["in_channels"])),
+            spec((rows,)),
+            spec((rows, TEXT_LENGTH, dit["text_dim"])),
+        )
+        denoiser = NetworkCall(
+            "transformer", "denoiser", args, kwargs, split=(("batch", rows), ("seq", None))
+        )
+
+        def decode_frame(model, z):  # one latent frame against the running feature cache
+            return model.decode_next(z, model.init_decode_cache(batch, h, w))
+
+        decoder = NetworkCall(
+            "vae",
+            "decoder",
+            (spec((batch, 1, h, w, vae.get("z_dim", 16))),),
+            method=decode_frame,
+            count=latent,
+            split=(("rows", None),),
+        )
+        return [denoiser, decoder]
 
     # --- what the engine reports ---------------------------------------------------------------
 

@@ -87,7 +87,7 @@ def test_jobs_survive_a_kill_and_a_restart(restartable):
         # The job cut short runs again, ahead of the queued ones, and makes the very image a
         # fresh identical request makes: the stored request is the request.
         resumed = finished(second, long)
-        assert resumed["progress"] == {"step": LONG, "total": LONG}, resumed
+        assert resumed["progress"] == {"step": LONG, "total": LONG, "phase": None}, resumed
         after = [finished(second, job_id) for job_id in queued]
         assert all(resumed["completed"] <= job["started"] for job in after)
         fresh = finished(second, submit(second, seed=2, steps=LONG))
@@ -130,7 +130,7 @@ def test_a_killed_worker_is_replaced_and_the_new_one_resumes(restartable):
         deadline = time.monotonic() + 60
         while server.workers() in ([], [worker]) and time.monotonic() < deadline:
             time.sleep(0.1)  # gunicorn's arbiter boots a new worker on the same folder
-        assert finished(server, long)["progress"] == {"step": LONG, "total": LONG}
+        assert finished(server, long)["progress"] == {"step": LONG, "total": LONG, "phase": None}
         assert finished(server, queued)["result"]["images"][0]["seed"] == 9
 
 

@@ -125,7 +125,7 @@ def test_custom_sigmas_replace_the_schedule_and_the_step_count(server):
         [{"prompt": "a kite", "seed": 3, "sample_params": {"custom_sigmas": sigmas}}],
     )
     assert job["status"] == "completed", job
-    assert job["progress"] == {"step": 4, "total": 4}  # a final 0 is appended
+    assert job["progress"] == {"step": 4, "total": 4, "phase": None}  # a final 0 is appended
     response = server.post(
         "/sdcpp/v1/img_gen", json={"sample_params": {"custom_sigmas": [1.0, 3.0]}}
     )

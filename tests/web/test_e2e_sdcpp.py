@@ -76,7 +76,9 @@ def test_job_goes_queued_generating_completed(server):
         "error",
         "progress",
     }
-    assert done["progress"] == {"step": 12, "total": 12}
+    assert done["progress"] == {"step": 12, "total": 12, "phase": None}
+    phases = {s["progress"]["phase"] for s in seen if s["status"] == "generating"}
+    assert phases == {"generating"}, phases  # its model was loaded at start
     assert done["error"] is None and done["queue_position"] == 0
     [image] = done["result"]["images"]
     assert image["index"] == 0 and image["seed"] == 5

@@ -252,7 +252,7 @@ def test_wan22_experts_take_first_and_last_frame_and_a_high_noise_stage(server, 
     assert accepted.status_code == 202, accepted.text
     job = server.poll(accepted.json()["id"], until=("completed", "failed", "cancelled"))[-1]
     assert job["status"] == "completed", job["error"]
-    assert job["progress"] == {"step": 3, "total": 3}
+    assert job["progress"] == {"step": 3, "total": 3, "phase": None}
     frames = decode_video(base64.b64decode(job["result"]["b64_json"]), "avi")[1]
     assert frames.shape == (5, 64, 64, 3)
     # An image-to-video model cannot start from nothing: refused before it is queued.

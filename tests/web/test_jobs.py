@@ -173,7 +173,7 @@ def test_progress_and_timestamps_are_reported(table):
         "result",
         "error",
     }
-    assert body["progress"] == {"step": 4, "total": 4}
+    assert body["progress"] == {"step": 4, "total": 4, "phase": None}
     assert body["created"] <= body["started"] <= body["completed"]
     assert body["error"] is None and body["result"] == "4 steps"
 

@@ -41,7 +41,9 @@ QUEUED, GENERATING, COMPLETED, FAILED, CANCELLED = (
 )
 TERMINAL = frozenset((COMPLETED, FAILED, CANCELLED))
 
-ProgressFn = Callable[[int, int], None]
+# (finished steps, total steps[, phase]): a run reports its phase ("loading_model") while
+# it is not stepping yet; a report without one means it is generating.
+ProgressFn = Callable[..., None]
 CancelledFn = Callable[[], bool]
 RunFn = Callable[[ProgressFn, CancelledFn], Any]
 # (items, shared progress, one cancel check per item) -> one result or exception per item.
@@ -127,6 +129,7 @@ class _Job:
     completed: int | None = None
     step: int = 0
     total: int = 0
+    phase: str | None = None
     result: Any = None
     error: dict[str, str] | None = None
     finished_at: float | None = None  # wall clock (it survives restarts), drives retention
@@ -149,6 +152,7 @@ class JobView:
     queue_position: int
     step: int
     total: int
+    phase: str | None  # while generating: "loading_model" or "generating"
     result: Any
     error: dict[str, str] | None
     meta: Any
@@ -165,7 +169,7 @@ class JobView:
             "started": self.started,
             "completed": self.completed,
             "queue_position": self.queue_position,
-            "progress": {"step": self.step, "total": self.total},
+            "progress": {"step": self.step, "total": self.total, "phase": self.phase},
             "result": result,
             "error": self.error,
         }
@@ -501,10 +505,11 @@ class JobTable:
         return partners
 
     def _execute(self, jobs: list[_Job]) -> None:
-        def progress(step: int, total: int) -> None:
+        def progress(step: int, total: int, phase: str | None = None) -> None:
             with self._lock:
                 for job in jobs:
                     job.step, job.total = int(step), int(total)
+                    job.phase = phase or GENERATING
 
         if len(jobs) == 1:
             outcomes = [outcome_of(jobs[0].run, progress, jobs[0].cancel_flag.is_set)]
@@ -646,6 +651,7 @@ class JobTable:
             queue_position=position,
             step=job.step,
             total=job.total,
+            phase=(job.phase or GENERATING) if job.status == GENERATING else None,
             result=job.result,
             error=job.error,
             meta=job.meta,

@@ -81,6 +81,20 @@ class Service:
     def models(self) -> list[ModelInfo]:
         return list(self.engine.models)
 
+    def is_loaded(self, name: str) -> bool:
+        return self.engine.is_loaded(name)
+
+    def model_states(self) -> list[dict[str, Any]]:
+        """Per served model: loaded or not, its load policy, its weights per device."""
+        return self.engine.model_states()
+
+    def load_model(self, name: str) -> None:
+        """Loads a model now (waits for the running job); InvalidRequest if it cannot fit."""
+        self.engine.load(name)
+
+    def unload_model(self, name: str) -> None:
+        self.engine.unload(name)
+
     def model_info(self, name: str | None) -> ModelInfo:
         try:
             return self.engine.model_info(name)
@@ -221,7 +235,8 @@ class Service:
     ) -> Batch | None:
         """How this image job may join compatible ones (None: batching is off, or the engine
         cannot batch this request)."""
-        limit = self.config.server.max_batch_size
+        # As many as fit on a device next to the model (activations grow with the batch).
+        limit = min(self.config.server.max_batch_size, self.engine.batch_limit(prepared))
         key = self.engine.batch_key(prepared) if limit > 1 else None
         return None if key is None else Batch(key, (prepared, encode), self._run_images, limit)
 

@@ -55,7 +55,9 @@ DOCS = (
 
 @bp.get("/models")
 def list_models() -> Response:
-    return jsonify({"object": "list", "data": [model_object(m) for m in service().models]})
+    svc = service()
+    data = [model_object(m, svc.is_loaded(m.name)) for m in svc.models]
+    return jsonify({"object": "list", "data": data})
 
 
 @bp.get("/models/<path:model>")
@@ -64,16 +66,17 @@ def retrieve_model(model: str) -> Response:
     info = next((m for m in service().models if m.name == model), None)
     if info is None:
         raise ApiError(404, f"model {model!r} not found", code="model_not_found", param="model")
-    return jsonify(model_object(info))
+    return jsonify(model_object(info, service().is_loaded(info.name)))
 
 
-def model_object(info: ModelInfo) -> dict[str, Any]:
-    """OpenAI's `Model` object."""
+def model_object(info: ModelInfo, loaded: bool) -> dict[str, Any]:
+    """OpenAI's `Model` object, and whether the model is loaded (models may load on demand)."""
     return {
         "id": info.name,
         "object": "model",
         "created": int(info.created),
         "owned_by": "jaxvideo",
+        "loaded": loaded,
     }
 
 

@@ -134,6 +134,9 @@ class ModelSchema(Schema):
     object = fields.String()
     created = fields.Integer()
     owned_by = fields.String()
+    loaded = fields.Boolean(
+        metadata={"description": "whether its weights are on the devices now (jaxvideo)"}
+    )
 
 
 class ModelListSchema(Schema):

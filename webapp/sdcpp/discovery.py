@@ -68,6 +68,7 @@ def model_entry(svc: Service, info: ModelInfo) -> dict[str, Any]:
         "samplers": list(own.samplers),
         "schedulers": list(own.schedulers),
         "features_by_mode": {mode: mode_features(svc, info, mode) for mode in info.modes},
+        "loaded": svc.is_loaded(info.name),
     }
 
 

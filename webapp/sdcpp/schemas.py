@@ -150,6 +150,14 @@ class JobSubmittedSchema(Schema):
 class ProgressSchema(Schema):
     step = fields.Integer()
     total = fields.Integer()
+    phase = fields.String(
+        allow_none=True,
+        metadata={
+            "enum": ["loading_model", "generating", None],
+            "description": "while generating: loading_model (its model loads first), then "
+            "generating; null otherwise",
+        },
+    )
 
 
 class JobSchema(Schema):
