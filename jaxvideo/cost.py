@@ -92,31 +92,32 @@ def abstract_component(config: Mapping[str, Any], dtype: Any) -> nnx.Module:
 
 def call_cost(module: nnx.Module, call: NetworkCall) -> Cost:
     """FLOPs and peak activation bytes of `call` on `module` (real or abstract)."""
-    graphdef, state = nnx.split(module)
-    weights = jax.tree.map(lambda x: spec(x.shape, x.dtype), state)
-
-    def run(weights, args, kwargs):
-        return _invoke(nnx.merge(graphdef, weights), call, args, kwargs)
-
+    run, weights = _program(module, call)
     with attention.counting():
-        closed = jax.make_jaxpr(run)(weights, call.args, dict(call.kwargs))
+        closed = jax.make_jaxpr(run)(weights, call.args)
     skip = set(closed.jaxpr.invars[: len(jax.tree.leaves(weights))])
     return Cost(flops=float(_flops(closed.jaxpr)), activation_bytes=_peak(closed.jaxpr, skip))
 
 
 def xla_flops(module: nnx.Module, call: NetworkCall) -> float:
     """XLA's own FLOP count of the same program (lowered, not compiled): the cross-check."""
+    run, weights = _program(module, call)
+    with attention.counting():
+        lowered = jax.jit(run).lower(weights, call.args)
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost["flops"])
+
+
+def _program(module: nnx.Module, call: NetworkCall):
+    """`run(weights, args)` of `call` on `module`, and the module's weights as shapes."""
     graphdef, state = nnx.split(module)
     weights = jax.tree.map(lambda x: spec(x.shape, x.dtype), state)
 
     def run(weights, args):
         return _invoke(nnx.merge(graphdef, weights), call, args, call.kwargs)
 
-    with attention.counting():
-        lowered = jax.jit(run).lower(weights, call.args)
-    cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    return float(cost["flops"])
+    return run, weights
 
 
 def _invoke(module: nnx.Module, call: NetworkCall, args, kwargs):

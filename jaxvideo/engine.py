@@ -279,8 +279,7 @@ class Engine:
 
     def estimate(self, request: GenerationRequest) -> Estimate:
         info = self.model_info(request.model)
-        frames = info.frames_for(request.num_frames) if request.mode == "vid_gen" else 1
-        estimate = self._plans[info.name].estimate(shape_of(request, frames))
+        estimate = self._plans[info.name].estimate(self._shape(request))
         if request.refiner is not None:  # both stay loaded for the request
             estimate = replace(
                 estimate, weights=estimate.weights + self._plans[request.refiner].weight_bytes
@@ -297,8 +296,13 @@ class Engine:
     def flops(self, request: GenerationRequest) -> dict[str, float]:
         """FLOPs per denoiser call and per whole decode of `request` (all devices)."""
         info = self.model_info(request.model)
+        return self._plans[info.name].flops(self._shape(request))
+
+    def _shape(self, request: GenerationRequest) -> Shape:
+        """The dimensions of `request` that set its cost (a video's real frame count)."""
+        info = self.model_info(request.model)
         frames = info.frames_for(request.num_frames) if request.mode == "vid_gen" else 1
-        return self._plans[info.name].flops(shape_of(request, frames))
+        return shape_of(request, frames)
 
     def warm_up(self, entry: Mapping[str, object]) -> None:
         """Runs one configured request so its shapes compile now (and land in the compilation
