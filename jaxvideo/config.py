@@ -115,6 +115,40 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """One JAX process per host (jaxvideo.distributed): where they meet and how long process 0
+    trusts a silent one. Every host runs the same command; the environment overrides the YAML
+    (JAXVIDEO_DISTRIBUTED, JAXVIDEO_COORDINATOR, JAXVIDEO_NUM_PROCESSES, JAXVIDEO_PROCESS_ID)."""
+
+    # On when set, or when a coordinator or a process count is given. On TPU VMs and under
+    # SLURM, JAX finds the coordinator, count and id itself, so `enabled: true` is enough.
+    enabled: bool = False
+    coordinator: str | None = None  # "host:port" of process 0's coordination service
+    num_processes: int | None = None
+    process_id: int | None = None
+    # Seconds a process may go without a heartbeat before the others count it dead.
+    heartbeat_timeout_s: float = 10.0
+    # Seconds process 0 waits for the others at a job's end, and for a running job to make
+    # progress (a compile counts), before it fails the job and reports the slice unhealthy.
+    sync_timeout_s: float = 600.0
+    # Seconds the processes wait for each other at start.
+    initialization_timeout_s: int = 300
+
+    @property
+    def active(self) -> bool:
+        return self.enabled or self.coordinator is not None or self.num_processes is not None
+
+
+# Environment variables that override the `distributed:` section, and the field each sets.
+DISTRIBUTED_ENV = {
+    "JAXVIDEO_DISTRIBUTED": "enabled",
+    "JAXVIDEO_COORDINATOR": "coordinator",
+    "JAXVIDEO_NUM_PROCESSES": "num_processes",
+    "JAXVIDEO_PROCESS_ID": "process_id",
+}
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """What `gunicorn webapp:app` serves. `default_request` holds only operator-written keys."""
 
@@ -129,6 +163,7 @@ class ServeConfig:
     # How self-attention over a sequence split over `mesh.context` runs: "ulysses" (explicit
     # all-to-all between sequence and heads) or "gspmd" (the partitioner gathers keys/values).
     context_parallel: str = "ulysses"
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 # How sequence-parallel self-attention runs (jaxvideo.models.context_parallel).
@@ -158,13 +193,22 @@ def parse_config(text: str, base_dir: Path | None = None, source: str | None = N
     return config_from_dict({} if raw is None else raw, base_dir=base_dir, source=source)
 
 
+TOP_KEYS = (
+    "models",
+    "server",
+    "default_request",
+    "mesh",
+    "context_parallel",
+    "warmup",
+    "distributed",
+)
+
+
 def config_from_dict(
     raw: Any, base_dir: Path | None = None, source: str | None = None
 ) -> ServeConfig:
     """Validates an already-parsed YAML document."""
-    top = _mapping(
-        raw, "", ("models", "server", "default_request", "mesh", "context_parallel", "warmup")
-    )
+    top = _mapping(raw, "", TOP_KEYS)
     if "models" not in top:
         raise ConfigError("models: required (a list of at least one model)")
     models = _models(top["models"], base_dir)
@@ -178,7 +222,10 @@ def config_from_dict(
             f"context_parallel: expected one of {', '.join(CONTEXT_PARALLEL_MODES)}, got "
             f"{_show(context_parallel)}"
         )
-    return ServeConfig(models, server, default_request, mesh, source, warmup, context_parallel)
+    distributed = _distributed(top.get("distributed") or {}, os.environ)
+    return ServeConfig(
+        models, server, default_request, mesh, source, warmup, context_parallel, distributed
+    )
 
 
 def _models(raw: Any, base_dir: Path | None) -> tuple[ModelSpec, ...]:
@@ -297,6 +344,45 @@ def _warmup(raw: Any, model_names: set[str]) -> tuple[Mapping[str, Any], ...]:
         if entry.get("model") is not None and entry["model"] not in model_names:
             raise ConfigError(f"warmup[{i}].model: no served model named {entry['model']!r}")
     return entries
+
+
+def _distributed(raw: Any, environ: Mapping[str, str]) -> DistributedConfig:
+    """The `distributed:` section with the environment's overrides applied."""
+    names = tuple(f.name for f in dataclasses.fields(DistributedConfig))
+    entry = _mapping(raw, "distributed", names)
+    for variable, key in DISTRIBUTED_ENV.items():
+        text = environ.get(variable, "").strip()
+        if not text:
+            continue
+        if key == "enabled":
+            entry[key] = text.lower() not in ("0", "false", "no", "off")
+        elif key == "coordinator":
+            entry[key] = text
+        else:
+            try:
+                entry[key] = int(text)
+            except ValueError:
+                raise ConfigError(f"{variable}: expected an integer, got {text!r}") from None
+    values: dict[str, Any] = {}
+    for key, value in entry.items():
+        where = f"distributed.{key}"
+        if key == "enabled":
+            values[key] = _typed(value, where, bool)
+        elif key == "coordinator":
+            values[key] = None if value is None else _typed(value, where, str)
+            if value is not None and ":" not in value:
+                raise ConfigError(f"{where}: expected host:port, got {_show(value)}")
+        elif key in ("num_processes", "initialization_timeout_s"):
+            values[key] = None if value is None else _integer(value, where, minimum=1)
+        elif key == "process_id":
+            values[key] = None if value is None else _integer(value, where, minimum=0)
+        else:
+            values[key] = _number(value, where, minimum=1)
+    config = DistributedConfig(**values)
+    count, index = config.num_processes, config.process_id
+    if count is not None and index is not None and index >= count:
+        raise ConfigError(f"distributed.process_id: must be < num_processes ({count}), got {index}")
+    return config
 
 
 def _mesh(raw: Any) -> Mapping[str, int]:

@@ -8,6 +8,7 @@ behind it. A request is `prepare`d once (the model's `validate`, before it is qu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -20,6 +21,7 @@ from jaxvideo.config import DEMO_PREFIX, ModelSpec, ServeConfig
 from jaxvideo.continuation import last_frame_of, wan_state
 from jaxvideo.cost import Shape
 from jaxvideo.demo import resolve_demo
+from jaxvideo.distributed import Controller, Gate, pack_requests, unpack_requests
 from jaxvideo.errors import Cancelled, InvalidRequest
 from jaxvideo.memory_plan import (
     Estimate,
@@ -84,8 +86,11 @@ class Engine:
     room, the least recently used other models are unloaded until the plan fits.
     """
 
-    def __init__(self, config: ServeConfig):
+    def __init__(self, config: ServeConfig, controller: Controller | None = None):
         self.config = config
+        # Several hosts (jaxvideo.distributed): each operation that runs device programs is
+        # a command every process runs alike. None: this process is the whole server.
+        self.controller = controller
         if config.server.compilation_cache_dir:
             enable_compilation_cache(config.server.compilation_cache_dir)
         self._pipelines: dict[str, Pipeline] = {}  # the loaded models
@@ -240,7 +245,7 @@ class Engine:
         estimate = self._plans[name].estimate(self._default_shape(name))
         if estimate.total > self._usable:
             raise InvalidRequest(self._too_big(name, estimate, "cannot be loaded"), "model")
-        with self._lock:
+        with self._lock, self._command("load", name.encode()):
             self._make_room([name], estimate.activations)
 
     def unload(self, name: str) -> bool:
@@ -249,7 +254,8 @@ class Engine:
         with self._lock:
             if name not in self._pipelines:
                 return False
-            self._unload(name)
+            with self._command("unload", name.encode()):
+                self._unload(name)
             return True
 
     def model_states(self) -> list[dict[str, object]]:
@@ -276,6 +282,18 @@ class Engine:
             "usable_bytes": self._usable,
             "loaded_weights_bytes": sum(self._plans[n].weight_bytes for n in self._pipelines),
         }
+
+    def device_memory_in_use(self) -> dict[str, int]:
+        """Bytes in use now on each of this process's devices that reports it (GPU, TPU), by
+        device ("gpu:0"); CPU devices report none (`memory` has the plan's figures)."""
+        import jax
+
+        found = {}
+        for device in jax.local_devices():
+            stats = device.memory_stats() or {}
+            if "bytes_in_use" in stats:
+                found[f"{device.platform}:{device.id}"] = int(stats["bytes_in_use"])
+        return found
 
     def estimate(self, request: GenerationRequest) -> Estimate:
         info = self.model_info(request.model)
@@ -383,12 +401,14 @@ class Engine:
         prepared = self._prepared(request)
         req, segment = _continued(prepared.request)
         names = [req.model] + ([req.refiner] if req.refiner is not None else [])
-        with self._lock:
+        with self._lock, self._command("generate", pack_requests([prepared])) as gate:
             self._ready(names, self.estimate(prepared.request).activations, progress)
             pipeline = self._pipelines[req.model]
             refiner = self._pipelines[req.refiner] if req.refiner is not None else None
             with activate(self.mesh, self.context_parallel):
-                result = pipeline.generate(req, prepared.plan, progress, cancelled, refiner=refiner)
+                result = pipeline.generate(
+                    req, prepared.plan, progress, gate(cancelled), refiner=refiner
+                )
         if pipeline.family.video:
             if req.return_state and result.videos:
                 state = wan_state(segment, req.model, result.videos[0][-1], req.fps)
@@ -427,7 +447,7 @@ class Engine:
         checks = list(cancelled) if cancelled is not None else [lambda: False] * len(prepared)
         first = prepared[0]
         activations = sum(self.estimate(item.request).activations for item in prepared)
-        with self._lock:
+        with self._lock, self._command("generate_batch", pack_requests(prepared)) as gate:
             self._ready([first.request.model], activations, progress)
             pipeline = self._pipelines[first.request.model]
             with activate(self.mesh, self.context_parallel):
@@ -435,9 +455,35 @@ class Engine:
                     [item.request for item in prepared],
                     first.plan,
                     progress,
-                    lambda: all(check() for check in checks),
+                    gate(lambda: all(check() for check in checks)),
                 )
         return [Cancelled() if check() else r for r, check in zip(results, checks, strict=True)]
+
+    @property
+    def process_index(self) -> int:
+        """This process's index in a multi-host slice (0: the one serving the API)."""
+        return 0 if self.controller is None else self.controller.process_id
+
+    def _command(self, op: str, payload: bytes) -> contextlib.AbstractContextManager[Gate]:
+        """What every process of a slice runs alike (under `_lock`): the leader publishes it,
+        followers run it from `run_command`; the gate makes its stop checks agree."""
+        if self.controller is None:
+            return contextlib.nullcontext(Gate(None))
+        return self.controller.command(op, payload)
+
+    def run_command(self, op: str, payload: bytes) -> None:
+        """A follower's side of a command the leader published (its results are the
+        leader's to return; here they are dropped)."""
+        if op == "generate":
+            self.generate(unpack_requests(payload)[0])
+        elif op == "generate_batch":
+            self.generate_batch(unpack_requests(payload))
+        elif op == "load":
+            self.load(payload.decode())
+        elif op == "unload":
+            self.unload(payload.decode())
+        else:
+            raise ValueError(f"unknown command {op!r}")
 
     def _ready(self, names: list[str], activations: int, progress) -> None:
         """Loads what the run needs (under `_lock`), telling `progress` while it loads."""

@@ -134,6 +134,16 @@ def place(
     return jax.make_array_from_callback(tuple(shape), param_sharding(mesh, path, shape), read)
 
 
+def to_host(x: jax.Array) -> np.ndarray:
+    """A device array as numpy. One spread over other hosts' devices (jaxvideo.distributed)
+    is gathered first, a collective, so every process of the slice makes this call."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def constrain(x: jax.Array, *logical: str | None) -> jax.Array:
     """Pins an activation's layout under the context mesh (inside jit); no-op without one."""
     mesh = jax.sharding.get_abstract_mesh()

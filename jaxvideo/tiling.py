@@ -86,6 +86,8 @@ def _weights_1d(starts: list[int], tile: int, scale: int) -> list[np.ndarray]:
 
 def tiled_decode(decode: Callable[[Any], Any], latents: Any, tiling: VaeTiling) -> np.ndarray:
     """Decodes (B, h, w, c) latents tile by tile; returns (B, 8h, 8w, 3) float32 in [-1, 1]."""
+    from jaxvideo.sharding import to_host  # JAX, needed only when decoding
+
     batch, h, w, _ = latents.shape
     th, tw = min(tiling.tile_height, h), min(tiling.tile_width, w)
     ys, xs = _starts(h, th, tiling.overlap), _starts(w, tw, tiling.overlap)
@@ -94,7 +96,7 @@ def tiled_decode(decode: Callable[[Any], Any], latents: Any, tiling: VaeTiling) 
     total = np.zeros((1, h * LATENT_SCALE, w * LATENT_SCALE, 1), np.float32)
     for y, weight_y in zip(ys, wy, strict=True):
         for x, weight_x in zip(xs, wx, strict=True):
-            tile = np.asarray(decode(latents[:, y : y + th, x : x + tw]), np.float32)
+            tile = to_host(decode(latents[:, y : y + th, x : x + tw])).astype(np.float32)
             weight = (weight_y[:, None] * weight_x[None, :])[None, :, :, None]
             py, px = y * LATENT_SCALE, x * LATENT_SCALE
             out[:, py : py + th * LATENT_SCALE, px : px + tw * LATENT_SCALE] += tile * weight

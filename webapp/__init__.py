@@ -13,12 +13,14 @@ from typing import Any
 
 from flask import Blueprint, Flask
 
+from jaxvideo import compile_events
 from jaxvideo.config import ServeConfig, load_config
-from webapp.core import admin, health
+from webapp.core import admin, health, metrics
 from webapp.core.capabilities import Capabilities
 from webapp.core.errors import register_error_handlers
+from webapp.core.follower import create_follower_app
 from webapp.core.http import install_hooks, waiting_routes
-from webapp.core.jobs import JobTable
+from webapp.core.jobs import PROCESS_LOST, JobTable
 from webapp.core.openapi import build_openapi
 from webapp.core.service import Service
 from webapp.core.store import JobStore
@@ -37,6 +39,7 @@ _app_lock = threading.Lock()
 # /openapi.json documents, route by route.
 BLUEPRINTS: tuple[Blueprint, ...] = (
     health.bp,
+    metrics.bp,
     admin.bp,
     images.bp,
     videos.bp,
@@ -45,6 +48,7 @@ BLUEPRINTS: tuple[Blueprint, ...] = (
 )
 ROUTE_DOCS = (
     *health.DOCS,
+    *metrics.DOCS,
     *admin.DOCS,
     *images.DOCS,
     *videos.DOCS,
@@ -58,11 +62,18 @@ def create_app(config: ServeConfig | None = None, engine: Any = None) -> Flask:
     every configured model) unless one is given, and starts the job worker."""
     _configure_logging()
     config = config or load_config()
+    compile_events.install()  # /metrics counts XLA compilations from here on
     if engine is None:
-        from jaxvideo.engine import Engine  # JAX is imported only when an app is really built
+        # JAX is imported only when an app is really built.
+        from jaxvideo import distributed
+        from jaxvideo.engine import Engine
 
+        # Several hosts: join them before JAX touches a device (no-op unless configured).
+        controller = distributed.initialize(config.distributed)
         log.info("loading %d model(s) from %s", len(config.models), config.source)
-        engine = Engine(config)
+        engine = Engine(config, controller)
+        if controller is not None and not controller.is_leader:
+            return create_follower_app(config, engine, controller)
     server = config.server
     jobs = JobTable(
         max_queue_size=server.max_queue_size,
@@ -73,11 +84,13 @@ def create_app(config: ServeConfig | None = None, engine: Any = None) -> Flask:
     caps = Capabilities.serving(server, engine.models)
     service = Service(config, engine, jobs, caps)
     service.check_operator_defaults()
+    jobs.observer = observed = metrics.Metrics(service)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = server.max_body_bytes
     app.json.sort_keys = False  # keep the documented field order in responses
     app.extensions["jaxvideo"] = service
+    app.extensions[metrics.EXTENSION] = observed
     app.extensions["jaxvideo.openapi"] = build_openapi(
         ROUTE_DOCS, service.version, auth=bool(server.api_key)
     )
@@ -87,6 +100,10 @@ def create_app(config: ServeConfig | None = None, engine: Any = None) -> Flask:
         app.register_blueprint(blueprint)
     app.extensions["jaxvideo.waiting_routes"] = waiting_routes(app)  # read by webapp/worker.py
     jobs.restore(service.rebuild, service.reload)  # what the last run left: resumed or readable
+    controller = getattr(engine, "controller", None)
+    if controller is not None:  # process 0 of a slice: a lost process halts the job table
+        controller.on_broken(lambda reason: jobs.halt({"code": PROCESS_LOST, "message": reason}))
+        controller.start()
     jobs.start()
     log.info("serving models: %s", ", ".join(m.name for m in service.models))
     if server.lora_dir is not None and not os.path.isdir(server.lora_dir):
@@ -107,7 +124,7 @@ def get_app() -> Flask:
 def close_intake() -> None:
     """New submissions answer 503 from now on (gunicorn calls this when the worker is told
     to stop); accepted jobs keep running. Safe to call from a signal handler."""
-    if _app is not None:
+    if _app is not None and "jaxvideo" in _app.extensions:
         _app.extensions["jaxvideo"].jobs.close_intake()
 
 
@@ -116,6 +133,9 @@ def shutdown(drain_s: float = 0.0, join_s: float = 5.0) -> bool:
     thread is still busy after `join_s`."""
     if _app is None:
         return True
+    if "jaxvideo.follower" in _app.extensions:  # a follower: its loop may be inside XLA
+        _app.extensions["jaxvideo.follower"].stop()
+        return False
     return _app.extensions["jaxvideo"].jobs.shutdown(drain_s=drain_s, join_s=join_s)
 
 

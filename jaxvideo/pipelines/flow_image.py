@@ -41,7 +41,7 @@ from jaxvideo.results import GenerationResult
 from jaxvideo.sampling import flow_sigmas, sampler_function
 from jaxvideo.sampling.flow_schedules import NUM_TRAIN_TIMESTEPS, time_shift
 from jaxvideo.sampling.registry import native_schedule
-from jaxvideo.sharding import constrain
+from jaxvideo.sharding import constrain, to_host
 from jaxvideo.weights import load_component, read_config
 
 LATENT_SCALE = 8  # the VAE's spatial compression
@@ -169,7 +169,7 @@ class FlowImagePipeline(Pipeline):
 
     def decode(self, latents: jax.Array) -> np.ndarray:
         """Scaled latents (B, h, w, c) -> (B, H, W, 3) uint8."""
-        return np.asarray(self._decode(self._vae_state, latents))
+        return to_host(self._decode(self._vae_state, latents))
 
     @partial(jax.jit, static_argnums=(0,))
     def _encode(self, state, pixels: jax.Array, keys: jax.Array) -> jax.Array:

@@ -48,7 +48,7 @@ from jaxvideo.sampling import (
     sampler_function,
     shifted_timestep,
 )
-from jaxvideo.sharding import constrain
+from jaxvideo.sharding import constrain, to_host
 from jaxvideo.tiling import LATENT_SCALE, tiled_decode
 from jaxvideo.weights import load_component, read_config
 
@@ -195,7 +195,7 @@ class StableDiffusionPipeline(TwoPasses, Pipeline):
     def decode(self, latents: jax.Array, tiling: Any = None) -> np.ndarray:
         """Scaled latents -> (B, H, W, 3) uint8, in tiles when `tiling` is given."""
         if tiling is None:
-            return np.asarray(self._decode(self._vae_state, latents))
+            return to_host(self._decode(self._vae_state, latents))
         images = tiled_decode(lambda z: self._decode_float(self._vae_state, z), latents, tiling)
         return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 

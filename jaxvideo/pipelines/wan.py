@@ -45,7 +45,7 @@ from jaxvideo.pipelines.base import (
 from jaxvideo.request import GenerationRequest, HighNoiseParams
 from jaxvideo.results import GenerationResult, round_frames
 from jaxvideo.sampling import DEFAULT_NAMES, flow_sigmas, resolve_sampler, sampler_function
-from jaxvideo.sharding import constrain
+from jaxvideo.sharding import constrain, to_host
 from jaxvideo.tokenizers import t5_token_ids
 from jaxvideo.weights import load_component, read_config
 
@@ -307,7 +307,7 @@ class WanPipeline(Pipeline):
         for i in range(count):
             step = self._decode_first if i == 0 else self._decode_next
             frames, cache = step(self._vae_state, latents[:, i : i + 1], cache)
-            chunks.append(np.asarray(frames))
+            chunks.append(to_host(frames))
         return np.concatenate(chunks, axis=1)
 
     # --- request handling ----------------------------------------------------------------------

@@ -88,7 +88,7 @@ mesh: {mesh}
 """
 
 
-def _webp_frames(data: bytes, fps: int) -> np.ndarray:
+def webp_frames(data: bytes, fps: int) -> np.ndarray:
     """Every frame of an animated WebP, repeating the ones libwebp merged (their durations)."""
     frames = []
     for frame in ImageSequence.Iterator(Image.open(io.BytesIO(data))):
@@ -108,7 +108,7 @@ def _generate(server) -> dict[str, np.ndarray]:
     assert accepted.status_code == 202, accepted.text
     job = server.poll(accepted.json()["id"], until=("completed", "failed"), timeout=600)[-1]
     assert job["status"] == "completed", job["error"]
-    video = _webp_frames(base64.b64decode(job["result"]["b64_json"]), WAN_BODY["fps"])
+    video = webp_frames(base64.b64decode(job["result"]["b64_json"]), WAN_BODY["fps"])
     outputs = {"sd": np.stack(images), "wan": video}
     for key, body in DIT_BODIES.items():
         if key == "flux":

@@ -122,6 +122,80 @@ def serve(config: Path, root: Path, env: Mapping[str, str]) -> Iterator[Server]:
             _stop(handle)
 
 
+@contextlib.contextmanager
+def serve_slice(
+    config: Path, root: Path, env: Mapping[str, str], processes: int = 2
+) -> Iterator[list[Server]]:
+    """A multi-host slice on loopback, started as docs/DEPLOY.md says: every process runs
+    the same server command with JAXVIDEO_COORDINATOR (process 0's address),
+    JAXVIDEO_NUM_PROCESSES and its own JAXVIDEO_PROCESS_ID. Yields the servers by process
+    index (0 serves the API); each logs to `root/process-<i>/server.log`. On exit the
+    followers are stopped first, then process 0, which must exit within a minute."""
+    coordinator = f"127.0.0.1:{free_port()}"
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for index in range(processes):
+            folder = root / f"process-{index}"
+            folder.mkdir(parents=True, exist_ok=True)
+            own = {
+                **env,
+                "JAXVIDEO_COORDINATOR": coordinator,
+                "JAXVIDEO_NUM_PROCESSES": str(processes),
+                "JAXVIDEO_PROCESS_ID": str(index),
+            }
+            servers.append(stack.enter_context(_started(config, folder, own, root / "state")))
+        for server in servers:
+            _wait_healthy(server)
+        try:
+            yield servers
+        finally:
+            for server in reversed(servers):
+                if not server.crashed:
+                    _stop_any(server)
+
+
+@contextlib.contextmanager
+def _started(config: Path, root: Path, env: Mapping[str, str], state: Path) -> Iterator[Server]:
+    """A server process, not yet healthy; killed on exit unless stopped before."""
+    url = f"http://127.0.0.1:{free_port()}"
+    log = root / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(SERVER_COMMAND), "-b", url.removeprefix("http://")],
+            cwd=root,
+            env={
+                **env,
+                "JAXVIDEO_CONFIG": str(config),
+                "JAXVIDEO_STATE_DIR": str(state),
+                "PYTHONUNBUFFERED": "1",
+            },
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(url, process, log)
+    try:
+        yield server
+    finally:
+        if server.process.poll() is None:
+            with contextlib.suppress(OSError, FileNotFoundError):
+                for pid in server.workers():
+                    os.kill(pid, signal.SIGKILL)
+            server.process.kill()
+            server.process.wait()
+
+
+def _stop_any(server: Server) -> None:
+    """SIGTERM, and the process must be gone within a minute (a follower whose process 0
+    left first may exit with an error: JAX's runtime lost its coordinator)."""
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+        raise AssertionError(f"server did not exit within 60 s:\n{server.log_tail()}") from None
+
+
 def _stop(server: Server) -> None:
     """SIGTERM, then the server must exit cleanly within a minute."""
     server.process.send_signal(signal.SIGTERM)

@@ -13,6 +13,7 @@ from jaxvideo.errors import Cancelled
 from webapp.core.jobs import (
     CANCELLED_BY_SHUTDOWN,
     INTERRUPTED_BY_RESTART,
+    Halted,
     JobExpired,
     JobNotFound,
     JobTable,
@@ -196,3 +197,41 @@ def test_retention_holds_across_restarts_then_410_then_404(tmp_path):
         gone.get(job.id)
     assert gone.store.records() == []
     gone.shutdown()
+
+
+def test_halt_fails_the_running_job_keeps_resumable_queued_ones_and_refuses_new(tmp_path):
+    # What process 0 does when a multi-host slice loses a process (webapp/__init__.py): the
+    # running job may never return from its collective, so it is failed here and now.
+    table = table_on(tmp_path)
+    release = threading.Event()
+    started = threading.Event()
+
+    def stuck(progress, cancelled):
+        started.set()
+        progress(1, 10)
+        release.wait(10)
+        return Text("too late")
+
+    running = table.submit("img_gen", stuck, spec={"label": "r"}, resumable=True)
+    kept = table.submit("img_gen", steps_run("kept"), spec={"label": "kept"}, resumable=True)
+    waiting = table.submit("img_gen", steps_run("sync"))  # a synchronous client's job
+    assert started.wait(10)
+    error = {"code": "process_lost", "message": "process 1 sent no heartbeat for 3 s"}
+    table.halt(error)
+    assert table.get(running.id).status == "failed"
+    assert table.get(running.id).error == error
+    assert table.get(waiting.id).status == "failed"
+    assert table.get(kept.id).status == "queued"
+    with pytest.raises(Halted) as refused:
+        table.submit("img_gen", steps_run("new"))
+    assert refused.value.error == error
+    release.set()  # the stuck run comes back after all: its job keeps the failure
+    time.sleep(0.2)
+    assert table.get(running.id).status == "failed"
+    assert table.get(kept.id).status == "queued"  # nothing more is taken from the queue
+    table.shutdown(join_s=5)
+
+    again = restarted(tmp_path)
+    assert again.wait(kept.id, 10).status == "completed"
+    assert again.get(running.id).status == "failed"
+    again.shutdown(join_s=5)

@@ -15,8 +15,16 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from jaxvideo.distributed import SliceBroken
 from jaxvideo.errors import InvalidRequest
-from webapp.core.jobs import JobExists, JobExpired, JobNotFound, QueueFull, ShuttingDown
+from webapp.core.jobs import (
+    Halted,
+    JobExists,
+    JobExpired,
+    JobNotFound,
+    QueueFull,
+    ShuttingDown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,19 @@ def shutting_down() -> ApiError:
     """503 while the server stops: new work is refused, clients retry after a restart."""
     retry_after = {"Retry-After": str(SHUTDOWN_RETRY_AFTER_S)}
     return ApiError(503, "server is shutting down", code="shutting_down", headers=retry_after)
+
+
+def unavailable(error: Mapping[str, str]) -> ApiError:
+    """503 after the job table halted (a process of a multi-host slice was lost): nothing
+    runs until the orchestrator restarts the slice; accepted async jobs resume then."""
+    retry_after = {"Retry-After": str(SHUTDOWN_RETRY_AFTER_S)}
+    return ApiError(
+        503,
+        "server unavailable",
+        detail=error.get("message"),
+        code=error.get("code", "unavailable"),
+        headers=retry_after,
+    )
 
 
 def invalid(param: str | None, problem: str, code: str = "invalid_value") -> ApiError:
@@ -143,6 +164,10 @@ def _from_http(exc: HTTPException) -> ApiError:
 def register_error_handlers(app: Flask) -> None:
     """Every error, on every route, answers JSON in its surface's envelope."""
     app.register_error_handler(ApiError, error_response)
+    app.register_error_handler(  # an admin load/unload on a slice that lost a process
+        SliceBroken,
+        lambda exc: error_response(unavailable({"code": exc.code, "message": str(exc)})),
+    )
     app.register_error_handler(HTTPException, lambda exc: error_response(_from_http(exc)))
     retry_after = {"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)}
     app.register_error_handler(
@@ -153,7 +178,9 @@ def register_error_handlers(app: Flask) -> None:
     )
     app.register_error_handler(
         ShuttingDown,
-        lambda exc: error_response(shutting_down()),
+        lambda exc: error_response(
+            unavailable(exc.error) if isinstance(exc, Halted) else shutting_down()
+        ),
     )
     app.register_error_handler(
         JobNotFound, lambda exc: error_response(ApiError(404, "job not found", code="not_found"))

@@ -18,6 +18,9 @@ DOCS = (
 @bp.get("/health")
 def health() -> tuple[Response, int]:
     svc = service()
+    halted = svc.jobs.halted
+    if halted is not None:  # a lost process of a multi-host slice: restart the slice
+        return jsonify({"status": "unavailable", "reason": halted["message"]}), 503
     if not svc.jobs.accepting:
         return jsonify({"status": "shutting_down"}), 503
     return jsonify({"status": "ok", "models": [m.name for m in svc.models]}), 200

@@ -65,6 +65,8 @@ CANCELLED_BY_SHUTDOWN = {"code": "cancelled", "message": "server shutting down"}
 # clients polling that job see the state they know, the message says who stopped it.
 INTERRUPTED = {"code": "cancelled", "message": "job interrupted (POST /sdapi/v1/interrupt)"}
 SKIPPED = {"code": "cancelled", "message": "job skipped (POST /sdapi/v1/skip)"}
+# A multi-host slice lost a process (jaxvideo.distributed): what `halt` fails jobs with.
+PROCESS_LOST = "process_lost"
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,20 @@ class StoredResult(Protocol):
     def stored(self) -> tuple[Mapping[str, bytes], Mapping[str, Any]]: ...
 
 
+class JobObserver(Protocol):
+    """What hears the table's events (the web layer's metrics). Called by the worker, some
+    calls under the table's lock: quick, and never calling back into the table."""
+
+    def batch_started(self, size: int) -> ProgressFn:
+        """A run of `size` jobs begins; the returned function hears its progress reports."""
+        ...
+
+    def job_finished(self, status: str, latency_s: float, run_s: float | None) -> None:
+        """A job ended `status`, `latency_s` after it was queued in this process, having run
+        for `run_s` (None: it never ran)."""
+        ...
+
+
 # A stored job made runnable again: (run, batch or None, meta), from its record.
 RebuildFn = Callable[[JobRecord], tuple[RunFn, Batch | None, Any]]
 # A finished stored job's (result or None, meta), from its record.
@@ -102,6 +118,14 @@ class QueueFull(Exception):
 
 class ShuttingDown(Exception):
     """The table no longer accepts jobs (HTTP 503)."""
+
+
+class Halted(ShuttingDown):
+    """The devices can run nothing more (`JobTable.halt`): 503 until the server restarts."""
+
+    def __init__(self, error: Mapping[str, str]):
+        super().__init__(error["message"])
+        self.error = error
 
 
 class JobNotFound(KeyError):
@@ -137,6 +161,8 @@ class _Job:
     cancel_flag: threading.Event = field(default_factory=threading.Event)
     cancel_error: dict[str, str] | None = None  # why the flag was set, reported when it ends
     done: threading.Event = field(default_factory=threading.Event)
+    queued_at: float = field(default_factory=time.monotonic)  # for the observer's latencies
+    run_at: float | None = None  # monotonic, when its last run began
 
 
 @dataclass(frozen=True)
@@ -207,7 +233,9 @@ class JobTable:
         self.store = store
         self._accepting = True
         self._stopping = False
+        self.halted: dict[str, str] | None = None  # why `halt` stopped the table
         self._worker: threading.Thread | None = None
+        self.observer: JobObserver | None = None  # set before `start` (webapp/core/metrics.py)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -287,6 +315,25 @@ class JobTable:
                 else:
                     self._finish_locked(job, CANCELLED, now, CANCELLED_BY_SHUTDOWN)
                     self._store_end_locked(job)
+
+    def halt(self, error: dict[str, str]) -> None:
+        """The devices can run nothing more (a process of a multi-host slice died or hangs):
+        refuses new jobs with `error` (503), fails the generating ones with it now (the worker
+        may never come back from them), and takes no more from the queue. Queued resumable
+        jobs stay in the store for the next start; the others (a client waits) fail too."""
+        self._accepting = False
+        now = time.time()
+        with self._lock:
+            self.halted = dict(error)
+            ended = [job for job in self._running if job.status == GENERATING]
+            ended += [j for j in self._queue if not (j.resumable and self.store is not None)]
+            for job in ended:
+                if job in self._queue:
+                    self._queue.remove(job)
+                self._finish_locked(job, FAILED, now, dict(error))
+                self._store_end_locked(job)
+            self._wakeup.notify_all()
+        log.error("job table halted: %s", error["message"])
 
     def restore(self, rebuild: RebuildFn, reload: ReloadFn) -> None:
         """Brings the store's jobs back after a restart; call before `start`.
@@ -377,6 +424,8 @@ class JobTable:
         a synchronous one's client is gone after a restart)."""
         self.start()
         with self._lock:
+            if self.halted is not None:
+                raise Halted(self.halted)
             if not self._accepting:
                 raise ShuttingDown("server is shutting down")
             self._prune_locked()
@@ -469,11 +518,11 @@ class JobTable:
     def _work(self) -> None:
         while True:
             with self._lock:
-                while not self._queue and not self._stopping:
+                while not self._queue and not self._stopping and self.halted is None:
                     # Wake up now and then so retention also runs on an idle server.
                     self._wakeup.wait(timeout=max(1.0, min(self.job_retention_s, 60.0)))
                     self._prune_locked()
-                if self._stopping:
+                if self._stopping or self.halted is not None:
                     return
                 first = self._queue.popleft()
                 jobs = [first, *self._take_partners_locked(first)]
@@ -481,6 +530,7 @@ class JobTable:
                 for job in jobs:
                     job.status = GENERATING
                     job.started = started
+                    job.run_at = time.monotonic()
                 self._running = jobs
                 if self.store is not None:
                     self.store.started([job.id for job in jobs], started)
@@ -505,21 +555,28 @@ class JobTable:
         return partners
 
     def _execute(self, jobs: list[_Job]) -> None:
+        heard = None if self.observer is None else self.observer.batch_started(len(jobs))
+
         def progress(step: int, total: int, phase: str | None = None) -> None:
             with self._lock:
                 for job in jobs:
                     job.step, job.total = int(step), int(total)
                     job.phase = phase or GENERATING
+            if heard is not None:
+                heard(step, total, phase)
 
         if len(jobs) == 1:
             outcomes = [outcome_of(jobs[0].run, progress, jobs[0].cancel_flag.is_set)]
         else:
             outcomes = self._run_batch(jobs, progress)
         settled = [self._settle(job, outcome) for job, outcome in zip(jobs, outcomes, strict=True)]
-        for job, (status, result, error) in zip(jobs, settled, strict=True):
+        # A job `halt` already ended keeps that ending.
+        ran = [(job, *outcome) for job, outcome in zip(jobs, settled, strict=True)]
+        ran = [item for item in ran if not item[0].done.is_set()]
+        for job, status, result, error in ran:
             self._store_outcome(job, status, result, error)  # files on disk, outside the lock
         with self._lock:
-            for job, (status, result, error) in zip(jobs, settled, strict=True):
+            for job, status, result, error in ran:
                 if self._held_for_restart(job, status, error):
                     self._back_to_queue_locked(job)
                     continue
@@ -604,6 +661,9 @@ class JobTable:
         job.finished_at = now
         job.run = _spent  # drop the closure (and the request/engine refs it holds)
         job.batch = None
+        if self.observer is not None:
+            ran = None if job.run_at is None else time.monotonic() - job.run_at
+            self.observer.job_finished(status, time.monotonic() - job.queued_at, ran)
         job.done.set()
 
     def _lookup_locked(self, job_id: str) -> _Job:

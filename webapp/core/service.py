@@ -32,7 +32,7 @@ from jaxvideo.request_codec import decode_request, encode_request
 from jaxvideo.results import GenerationResult, ModelInfo
 from webapp.core.capabilities import Capabilities
 from webapp.core.checks import check_fields, check_request, check_text
-from webapp.core.errors import ApiError, invalid, refused, shutting_down
+from webapp.core.errors import ApiError, invalid, refused, shutting_down, unavailable
 from webapp.core.images import fit_size
 from webapp.core.infotext import infotext, infotext_params
 from webapp.core.jobs import (
@@ -40,6 +40,7 @@ from webapp.core.jobs import (
     CANCELLED_BY_SHUTDOWN,
     CLIENT_GONE,
     COMPLETED,
+    PROCESS_LOST,
     TERMINAL,
     Batch,
     CancelledFn,
@@ -440,6 +441,8 @@ def finished(view: JobView) -> JobView:
         )
     if error.get("code") == "invalid_request":
         raise ApiError(400, error.get("message", "invalid request"), code="invalid_request")
+    if error.get("code") == PROCESS_LOST:
+        raise unavailable(error)
     raise ApiError(500, "generation failed", detail=error.get("message"), code="generation_failed")
 
 
