@@ -40,6 +40,9 @@ BEAT_S = 0.5
 POLL_MS = 1000
 
 StopCheck = Callable[[], bool]
+# How a follower's command ended: OK, or the error's type and first line.
+OK = "ok"
+CANCELLED = "Cancelled"  # stopped at the leader's decision, like the leader
 
 
 class SliceBroken(RuntimeError):
@@ -168,6 +171,7 @@ class Controller:
                             f"process {other} sent no heartbeat for "
                             f"{self.config.heartbeat_timeout_s:g} s (dead or frozen)"
                         )
+                self._watch_command(now)
             except Exception as exc:  # the coordination service itself is gone (process 0)
                 self._break(f"lost the coordination service: {_first_line(exc)}")
                 return
@@ -176,6 +180,9 @@ class Controller:
                     f"command {self._active} made no progress for "
                     f"{self.config.sync_timeout_s:g} s (a process hangs)"
                 )
+
+    def _watch_command(self, now: float) -> None:
+        """Checks on the command in flight, once per heartbeat."""
 
     def _moving(self) -> None:
         self._moved = time.monotonic()
@@ -209,6 +216,7 @@ class Leader(Controller):
     def __init__(self, *args: Any):
         super().__init__(*args)
         self._numbers = itertools.count(1)
+        self._failed_at: dict[tuple[int, int], float] = {}  # (command, process) -> first seen
 
     def _watched(self) -> Sequence[int]:
         return range(1, self.num_processes)
@@ -244,6 +252,23 @@ class Leader(Controller):
                 with contextlib.suppress(Exception):
                     self.client.key_value_delete(f"{PREFIX}/cmd/{number - 2}")
 
+    def _watch_command(self, now: float) -> None:
+        """A follower that failed the command in flight while process 0 still runs it
+        (a model folder missing on its host, say) has left the collectives: process 0 would
+        wait in them until `sync_timeout_s`, so the slice breaks after the grace a process
+        failing the same way in step (a cancel) needs to finish too."""
+        number = self._active
+        if number is None:
+            self._failed_at.clear()
+            return
+        for other in self._watched():
+            outcome = _try_get(self.client, f"{PREFIX}/cmd/{number}/done/{other}")
+            if outcome in (None, OK) or outcome.startswith(CANCELLED):
+                continue
+            since = self._failed_at.setdefault((number, other), now)
+            if now - since > self.config.heartbeat_timeout_s and self._active == number:
+                self._break(f"process {other} failed command {number}: {outcome}")
+
     def _await_followers(self, number: int) -> None:
         """Every follower ran command `number` to its end, or the slice breaks."""
         deadline = time.monotonic() + self.config.sync_timeout_s
@@ -264,7 +289,7 @@ class Leader(Controller):
                             f"{self.config.sync_timeout_s:g} s"
                         )
                         self._check()
-            if outcome != "ok":
+            if outcome != OK and not outcome.startswith(CANCELLED):
                 log.warning("process %d: command %d: %s", other, number, outcome)
 
 
@@ -305,7 +330,7 @@ class Follower(Controller):
                 return
             self._current, self._active = number, number
             self._moving()
-            outcome = "ok"
+            outcome = OK
             try:
                 run(op, payload)
             except SliceBroken:

@@ -191,3 +191,20 @@ def test_a_follower_that_never_finishes_a_command_breaks_the_slice(pair):
     with pytest.raises(SliceBroken, match="did not finish command 1|made no progress"):
         sampler(leader, "generate", b"", stop=None)
     assert time.monotonic() - started < 10
+
+
+def test_a_follower_that_fails_a_command_alone_breaks_the_slice_in_seconds(pair):
+    # Its host lacks a model folder, say: it never joins the collectives, so process 0 must
+    # not wait for sync_timeout_s (600 s by default) to notice.
+    leader, follower = pair
+    leader.config = replace(FAST, sync_timeout_s=60.0)
+
+    def run(op: str, payload: bytes) -> None:
+        raise FileNotFoundError("no /models/wan on this host")
+
+    threading.Thread(target=follower.serve, args=(run,), daemon=True).start()
+    leader.start()
+    started = time.monotonic()
+    with pytest.raises(SliceBroken, match="process 1 failed command 1: FileNotFoundError"):
+        sampler(leader, "generate", b"", stop=lambda: time.sleep(0.2) or False, steps=100)
+    assert time.monotonic() - started < 10

@@ -2,8 +2,8 @@
 JAX's distributed runtime (gloo collectives) and started as docs/DEPLOY.md says, serve as one
 server with 8 devices. Process 0 answers the API and returns the same images and videos as one
 process with 8 devices on the same mesh; the follower answers /health and refuses the API with
-421; a cancel stops both processes at the same step (the slice keeps working after it); and
-killing the follower fails the running job with `process_lost`, turns /health to 503, keeps
+421; a cancel stops both processes at the same step (the slice keeps working after it);
+compatible queued jobs run as one batch; and killing the follower fails the running job with `process_lost`, turns /health to 503, keeps
 the queued async job, and the restarted slice runs it."""
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ LONG_JOB = {
     "width": 64,
     "height": 64,
     "sample_params": {"sample_steps": 60},
+}
+
+SHORT_JOB = {
+    "prompt": "a short one",
+    "width": 64,
+    "height": 64,
+    "sample_params": {"sample_steps": 2},
 }
 
 
@@ -138,15 +145,21 @@ def test_slice_over_data_and_tensor_serves_cancels_and_fails_cleanly(tmp_path):
         # (which needs both in step) still gives the same image.
         long_job = _submit(leader, LONG_JOB)
         _wait_for_step(leader, long_job)
+        # Two compatible jobs queued behind it run as one batch, on both processes.
+        pair = [_submit(leader, {**SHORT_JOB, "seed": seed}) for seed in (11, 12)]
         assert leader.post(f"/sdcpp/v1/jobs/{long_job}/cancel").status_code == 200
         job = leader.poll(long_job, until=("cancelled", "completed", "failed"))[-1]
         assert job["status"] == "cancelled" and job["progress"]["step"] < 60, job
+        for job_id in pair:
+            job = leader.poll(job_id, until=("completed", "failed", "cancelled"))[-1]
+            assert job["status"] == "completed", job
+        assert f"running 2 jobs as one batch: {' '.join(pair)}" in leader.log.read_text()
         _assert_same(_image(leader), reference["sd"], "sd after a cancel")
 
         # The follower dies mid-job: process 0 fails that job with a clear code, answers 503,
         # and keeps the queued async job for the next start.
         running = _submit(leader, LONG_JOB)
-        queued = _submit(leader, {**LONG_JOB, "sample_params": {"sample_steps": 2}})
+        queued = _submit(leader, SHORT_JOB)
         _wait_for_step(leader, running)
         follower.crash()
         failed = leader.poll(running, until=("failed", "completed", "cancelled"), timeout=60)[-1]
