@@ -94,7 +94,7 @@ def call_cost(module: nnx.Module, call: NetworkCall) -> Cost:
     """FLOPs and peak activation bytes of `call` on `module` (real or abstract)."""
     run, weights = _program(module, call)
     with attention.counting():
-        closed = jax.make_jaxpr(run)(weights, call.args)
+        closed = jax.make_jaxpr(run)(weights, call.args, dict(call.kwargs))
     skip = set(closed.jaxpr.invars[: len(jax.tree.leaves(weights))])
     return Cost(flops=float(_flops(closed.jaxpr)), activation_bytes=_peak(closed.jaxpr, skip))
 
@@ -103,24 +103,26 @@ def xla_flops(module: nnx.Module, call: NetworkCall) -> float:
     """XLA's own FLOP count of the same program (lowered, not compiled): the cross-check."""
     run, weights = _program(module, call)
     with attention.counting():
-        lowered = jax.jit(run).lower(weights, call.args)
+        lowered = jax.jit(run).lower(weights, call.args, dict(call.kwargs))
     cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     return float(cost["flops"])
 
 
 def _program(module: nnx.Module, call: NetworkCall):
-    """`run(weights, args)` of `call` on `module`, and the module's weights as shapes."""
+    """`run(weights, args, kwargs)` of `call` on `module`, and the module's weights as
+    shapes (the arguments are traced as inputs, keyword ones too: SDXL's `added_cond`)."""
     graphdef, state = nnx.split(module)
     weights = jax.tree.map(lambda x: spec(x.shape, x.dtype), state)
 
-    def run(weights, args):
-        return _invoke(nnx.merge(graphdef, weights), call, args, call.kwargs)
+    def run(weights, args, kwargs):
+        return invoke(nnx.merge(graphdef, weights), call, args, kwargs)
 
     return run, weights
 
 
-def _invoke(module: nnx.Module, call: NetworkCall, args, kwargs):
+def invoke(module: nnx.Module, call: NetworkCall, args, kwargs):
+    """Runs `call` on `module` with these arguments (arrays, or shapes under tracing)."""
     if callable(call.method):
         return call.method(module, *args, **kwargs)
     return getattr(module, call.method)(*args, **kwargs)

@@ -275,3 +275,23 @@ def test_split_factor_keeps_whole_what_does_not_divide():
     assert split_factor(seq, {"context": 8}) == 8  # padded to divide
     assert split_factor(seq, {"data": 2, "context": 4}) == 8
     assert split_factor(seq, {"data": 4}) == 1
+
+
+def test_keyword_inputs_are_traced_like_the_others(plans):
+    # SDXL's UNet takes its pooled text and size ids as the keyword `added_cond`.
+    sd1 = plans["sd1-tiny"]
+    unet = {
+        **sd1.configs["unet"],
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 8,
+        "projection_class_embeddings_input_dim": 6 * 8 + 32,
+    }
+    sdxl = ModelPlan(
+        "unused", "fp32", {}, {**sd1.configs, "unet": unet}, {**sd1.index, "family": "sdxl"}
+    )
+    call = _call(sdxl, DEMOS["sd1-tiny"], "denoiser")
+    assert set(call.kwargs) == {"added_cond"}
+    counted = _cost(sdxl, DEMOS["sd1-tiny"], "denoiser").flops
+    assert counted > _cost(sd1, DEMOS["sd1-tiny"], "denoiser").flops  # the added embedding
+    assert 0.85 < counted / xla_flops(sdxl.module("unet"), call) <= 1.0
+    assert sdxl.estimate(DEMOS["sd1-tiny"]).total > sdxl.weight_bytes

@@ -3,8 +3,9 @@ JAX's distributed runtime (gloo collectives) and started as docs/DEPLOY.md says,
 server with 8 devices. Process 0 answers the API and returns the same images and videos as one
 process with 8 devices on the same mesh; the follower answers /health and refuses the API with
 421; a cancel stops both processes at the same step (the slice keeps working after it);
-compatible queued jobs run as one batch; and killing the follower fails the running job with `process_lost`, turns /health to 503, keeps
-the queued async job, and the restarted slice runs it."""
+compatible queued jobs run as one batch; and killing the follower fails the running job with
+`process_lost`, turns /health to 503, keeps the queued async job, and the restarted slice runs
+it."""
 
 from __future__ import annotations
 
