@@ -31,7 +31,7 @@ models:
   - {{name: wan, family: wan21, path: "demo:wan-tiny"}}
 server: {{min_height: 32}}
 mesh: {mesh}
-distributed: {{heartbeat_timeout_s: 3}}
+distributed: {{heartbeat_timeout_s: 6}}
 """
 # A job long enough to be caught mid-run (a cancel, a kill) on a 2-core machine.
 LONG_JOB = {
