@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import json
 import logging
+import signal
 import struct
 import threading
 import time
@@ -60,6 +61,7 @@ def initialize(config: DistributedConfig) -> Controller | None:
 
     # A dead follower must leave process 0 running, to fail its job and answer 503.
     jax.config.update("jax_enable_recoverability", True)
+    sigterm = _sigterm_handler()
     jax.distributed.initialize(
         coordinator_address=config.coordinator,
         num_processes=config.num_processes,
@@ -67,6 +69,10 @@ def initialize(config: DistributedConfig) -> Controller | None:
         initialization_timeout=config.initialization_timeout_s,
         heartbeat_timeout_seconds=max(1, int(config.heartbeat_timeout_s)),
     )
+    # JAX's preemption notifier takes SIGTERM for itself; the server drains on it (gunicorn's
+    # handler, webapp/worker.py), so it gets it back.
+    if sigterm is not None:
+        signal.signal(signal.SIGTERM, sigterm)
     from jax._src.distributed import global_state
 
     index, count = jax.process_index(), jax.process_count()
@@ -407,6 +413,13 @@ def unpack_requests(data: bytes) -> list[Any]:
         own = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
         requests.append(decode_request(scalars, own))
     return requests
+
+
+def _sigterm_handler() -> Any:
+    """This process's Python SIGTERM handler, if it may be put back (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.getsignal(signal.SIGTERM)
 
 
 def _try_get(client: Any, key: str) -> str | None:

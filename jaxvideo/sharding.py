@@ -134,10 +134,10 @@ def place(
     return jax.make_array_from_callback(tuple(shape), param_sharding(mesh, path, shape), read)
 
 
-def to_host(x: jax.Array) -> np.ndarray:
+def to_host(x: jax.Array | np.ndarray) -> np.ndarray:
     """A device array as numpy. One spread over other hosts' devices (jaxvideo.distributed)
     is gathered first, a collective, so every process of the slice makes this call."""
-    if x.is_fully_addressable:
+    if getattr(x, "is_fully_addressable", True):  # numpy, or on this host's devices
         return np.asarray(x)
     from jax.experimental import multihost_utils
 

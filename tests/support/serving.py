@@ -96,30 +96,14 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serve(config: Path, root: Path, env: Mapping[str, str]) -> Iterator[Server]:
     """The server on `config` with environment `env` (JAXVIDEO_CONFIG is set here); its log
-    is `root/server.log`, its job store `root/state` unless the config names another."""
-    url = f"http://127.0.0.1:{free_port()}"
-    log = root / "server.log"
-    with log.open("wb") as out:
-        # Started outside the repo, where no gunicorn.conf.py is, as an installed server would be.
-        process = subprocess.Popen(
-            [str(SERVER_COMMAND), "-b", url.removeprefix("http://")],
-            cwd=root,
-            env={
-                **env,
-                "JAXVIDEO_CONFIG": str(config),
-                "JAXVIDEO_STATE_DIR": str(root / "state"),  # a restart on `root` finds its jobs
-                "PYTHONUNBUFFERED": "1",
-            },
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    handle = Server(url, process, log)
-    try:
-        _wait_healthy(handle)
-        yield handle
-    finally:
-        if not handle.crashed:
-            _stop(handle)
+    is `root/server.log`, its job store `root/state` (a restart on `root` finds its jobs)."""
+    with _started(config, root, env, root / "state") as handle:
+        try:
+            _wait_healthy(handle)
+            yield handle
+        finally:
+            if not handle.crashed:
+                _stop(handle)
 
 
 @contextlib.contextmanager
@@ -156,7 +140,8 @@ def serve_slice(
 
 @contextlib.contextmanager
 def _started(config: Path, root: Path, env: Mapping[str, str], state: Path) -> Iterator[Server]:
-    """A server process, not yet healthy; killed on exit unless stopped before."""
+    """A server process, not yet healthy, started outside the repo (no gunicorn.conf.py
+    there) as an installed server would be; killed on exit unless stopped before."""
     url = f"http://127.0.0.1:{free_port()}"
     log = root / "server.log"
     with log.open("wb") as out:

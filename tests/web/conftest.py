@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save_file
 
+from jaxvideo.config import parse_config
 from tests.support.serving import Server, serve
 
 LORA_NAME = "tiny_style"  # <lora_dir>/tiny_style.safetensors
@@ -136,3 +137,27 @@ def client(server) -> openai.OpenAI:
         max_retries=0,
         timeout=300,
     )
+
+
+@pytest.fixture(scope="module")
+def auth_client(server, e2e_cache_dir, tmp_path_factory):
+    """An app with `api_key` set, on the real engine; `server` built the demo model already."""
+    previous = os.environ.get("JAXVIDEO_CACHE_DIR")
+    os.environ["JAXVIDEO_CACHE_DIR"] = str(e2e_cache_dir)
+    try:
+        from webapp import create_app
+
+        state = tmp_path_factory.mktemp("state")
+        config = parse_config(
+            "models: [{name: demo, family: sd1, path: 'demo:sd1-tiny'}]\n"
+            "server: {api_key: s3cret, output_dir: /tmp, cors_origins: ['https://ui.example/'],"
+            f" state_dir: '{state}'}}\n"
+        )
+        app = create_app(config)
+        yield app.test_client()
+        app.extensions["jaxvideo"].jobs.shutdown()
+    finally:
+        if previous is None:
+            os.environ.pop("JAXVIDEO_CACHE_DIR", None)
+        else:
+            os.environ["JAXVIDEO_CACHE_DIR"] = previous

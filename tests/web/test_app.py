@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
-
-from jaxvideo.config import parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,30 +29,6 @@ def test_the_installed_server_command_carries_its_gunicorn_settings(server):
     # timeout).
     assert Path(server.process.args[0]).name == "jaxvideo-server"
     assert "Using worker: webapp.worker.JaxvideoWorker" in server.log.read_text()
-
-
-@pytest.fixture(scope="module")
-def auth_client(server, e2e_cache_dir, tmp_path_factory):
-    """An app with `api_key` set, on the real engine; `server` built the demo model already."""
-    previous = os.environ.get("JAXVIDEO_CACHE_DIR")
-    os.environ["JAXVIDEO_CACHE_DIR"] = str(e2e_cache_dir)
-    try:
-        from webapp import create_app
-
-        state = tmp_path_factory.mktemp("state")
-        config = parse_config(
-            "models: [{name: demo, family: sd1, path: 'demo:sd1-tiny'}]\n"
-            "server: {api_key: s3cret, output_dir: /tmp, cors_origins: ['https://ui.example/'],"
-            f" state_dir: '{state}'}}\n"
-        )
-        app = create_app(config)
-        yield app.test_client()
-        app.extensions["jaxvideo"].jobs.shutdown()
-    finally:
-        if previous is None:
-            os.environ.pop("JAXVIDEO_CACHE_DIR", None)
-        else:
-            os.environ["JAXVIDEO_CACHE_DIR"] = previous
 
 
 def test_api_key_is_required_everywhere_but_health(auth_client):

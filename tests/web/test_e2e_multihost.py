@@ -186,3 +186,5 @@ def test_slice_over_context_serves_the_same_video(tmp_path):
     config = _write_config(tmp_path / "slice", mesh)
     with serve_slice(config, tmp_path / "slice", _env(4)) as (leader, _):
         _assert_same(_video(leader), reference["wan"], "wan over context 8")
+    # SIGTERM reached the server's own handler, not only JAX's preemption notifier: it drained.
+    assert "draining the job table" in leader.log.read_text()

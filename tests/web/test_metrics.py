@@ -4,7 +4,6 @@ the real server after a real generation."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from types import SimpleNamespace
@@ -13,7 +12,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jaxvideo import compile_events
-from jaxvideo.config import parse_config
 from jaxvideo.errors import Cancelled
 from webapp.core.jobs import Batch, JobTable
 from webapp.core.metrics import Metrics, process_index
@@ -159,29 +157,6 @@ def test_compile_events_count_every_xla_compilation():
 
 
 # -- an app behind an API key ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def auth_client(server, e2e_cache_dir, tmp_path_factory):
-    """An app with `api_key` set, on the real engine; `server` built the demo model already."""
-    previous = os.environ.get("JAXVIDEO_CACHE_DIR")
-    os.environ["JAXVIDEO_CACHE_DIR"] = str(e2e_cache_dir)
-    try:
-        from webapp import create_app
-
-        state = tmp_path_factory.mktemp("state")
-        config = parse_config(
-            "models: [{name: demo, family: sd1, path: 'demo:sd1-tiny'}]\n"
-            f"server: {{api_key: s3cret, output_dir: /tmp, state_dir: '{state}'}}\n"
-        )
-        app = create_app(config)
-        yield app.test_client()
-        app.extensions["jaxvideo"].jobs.shutdown()
-    finally:
-        if previous is None:
-            os.environ.pop("JAXVIDEO_CACHE_DIR", None)
-        else:
-            os.environ["JAXVIDEO_CACHE_DIR"] = previous
 
 
 def test_metrics_need_the_api_key_and_are_documented(auth_client):
