@@ -11,6 +11,7 @@ command line. Runs the same engine the server runs, without HTTP:
 (its first model, or the one named by `--model-name`, and its `default_request`).
 
 `jaxvideo convert SRC DST`: a PyTorch model into a jaxvideo model folder (jaxvideo.convert.cli).
+`jaxvideo train-demo NAME OUT`: a demo model trained on synthetic shapes (jaxvideo.train.cli).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from jaxvideo.errors import InvalidRequest
 from jaxvideo.families import FAMILY_NAMES, SD1, demo_builder
 from jaxvideo.media import encode_image, encode_video
 from jaxvideo.request import build_request
+from jaxvideo.train import cli as train_cli
 
 # Output suffixes and the format each writes; the video ones make a video (animated WebP stays
 # an image suffix: .webp is a picture).
@@ -88,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert = commands.add_parser("convert", help=convert_cli.SUMMARY)
     convert_cli.add_arguments(convert)
+    train = commands.add_parser("train-demo", help=train_cli.SUMMARY)
+    train_cli.add_arguments(train)
     return parser
 
 
@@ -223,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "convert":
         return convert_cli.run(args)
+    if args.command == "train-demo":
+        return train_cli.run(args)
     try:
         return generate(args)
     except (ConfigError, InvalidRequest, FileNotFoundError, ValueError) as e:

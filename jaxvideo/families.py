@@ -101,7 +101,10 @@ SD1 = FamilySpec(
     components={"text_encoder": _CLIP, "unet": _UNET, "vae": _VAE},
     defaults={**_SD_DEFAULTS, "width": 512, "height": 512},
     conditioner="jaxvideo.pipelines.sd_conditioning:ClipConditioner",
-    demos={"sd1-tiny": "jaxvideo.demo_sd:build_sd1_tiny"},
+    demos={
+        "sd1-tiny": "jaxvideo.demo_sd:build_sd1_tiny",
+        "sd1-shapes": "jaxvideo.demo_models:install_sd1_shapes",  # trained, shipped
+    },
 )
 SD2 = FamilySpec(
     name="sd2",

@@ -35,15 +35,22 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
-def write_tiny_clip_tokenizer(out_dir: str | Path, max_length: int = 77) -> int:
-    """Writes a character-level CLIP BPE tokenizer (no merges); returns its vocabulary size."""
+def write_tiny_clip_tokenizer(
+    out_dir: str | Path, max_length: int = 77, words: tuple[str, ...] = ()
+) -> int:
+    """Writes a character-level CLIP BPE tokenizer; returns its vocabulary size. Each of
+    `words` (lowercase) gets merges that make it one token (a trained demo model's
+    vocabulary); every other word is spelled character by character."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     chars = list(_bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars] + [BOS, EOS]
+    merges = _word_merges(words)
+    tokens += list(dict.fromkeys(a + b for a, b in merges))
     vocab = {tok: i for i, tok in enumerate(tokens)}
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (out / "merges.txt").write_text("#version: 0.2\n")
+    lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
+    (out / "merges.txt").write_text("\n".join(lines) + "\n")
     config = {
         "tokenizer_class": "CLIPTokenizer",
         "model_max_length": max_length,
@@ -58,6 +65,19 @@ def write_tiny_clip_tokenizer(out_dir: str | Path, max_length: int = 77) -> int:
         json.dumps({"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": EOS})
     )
     return len(vocab)
+
+
+def _word_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
+    """BPE merges building each word left to right. Longer words first: their merges then
+    rank before the shorter words' and a shared prefix cannot split a long word."""
+    merges: dict[tuple[str, str], None] = {}
+    for word in sorted(set(words), key=lambda w: (-len(w), w)):
+        parts = [*word[:-1], word[-1] + "</w>"]
+        built = parts[0]
+        for part in parts[1:]:
+            merges[(built, part)] = None
+            built += part
+    return list(merges)
 
 
 class PromptTokenizer:
