@@ -85,14 +85,28 @@ def build_sd1_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     vocab_size = write_tiny_clip_tokenizer(out / "tokenizer")
     for i, (name, cfg) in enumerate(sd1_tiny_configs(vocab_size).items()):
         save_random_component(out / name, cfg, seed + i)
+    write_sd1_folder_files(out, "demo (random weights)")
+    return out
+
+
+def write_sd1_folder_files(
+    out: Path,
+    source: str,
+    dtype: str = "fp32",
+    scheduler: dict[str, Any] = SD1_SCHEDULER,
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """The scheduler config and model_index.json of an SD 1.x demo folder (`defaults`: the
+    request fields the folder's model gets unless asked otherwise, pipelines/base.py)."""
     (out / "scheduler").mkdir(exist_ok=True)
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD1_SCHEDULER, indent=2))
+    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
     index = {
         "format": "jaxvideo",
         "format_version": 1,
         "family": SD1.name,
-        "dtype": "fp32",
-        "source_class": "demo (random weights)",
+        "dtype": dtype,
+        **({"defaults": defaults} if defaults else {}),
+        "source_class": source,
         "components": {
             "text_encoder": "CLIPTextModel",
             "unet": "UNet2DConditionModel",
@@ -102,4 +116,3 @@ def build_sd1_tiny(out_dir: str | Path, seed: int = 0) -> Path:
         },
     }
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
-    return out

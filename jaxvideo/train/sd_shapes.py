@@ -28,8 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvideo import demo_data
-from jaxvideo.demo_sd import SD1_SCHEDULER
-from jaxvideo.families import SD1
+from jaxvideo.demo_sd import SD1_SCHEDULER, write_sd1_folder_files
 from jaxvideo.tokenizers import PromptTokenizer, write_tiny_clip_tokenizer
 from jaxvideo.train.loop import Trainable, flat_params, train
 from jaxvideo.weights import load_component, save_component
@@ -274,23 +273,11 @@ def _summary(history) -> dict[str, Any]:
 
 
 def _write_folder_files(out: Path, dtype: str, prediction_type: str) -> None:
-    scheduler = {**SD1_SCHEDULER, "prediction_type": prediction_type}
-    (out / "scheduler").mkdir(exist_ok=True)
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
-    index = {
-        "format": "jaxvideo",
-        "format_version": 1,
-        "family": SD1.name,
-        "dtype": dtype,
-        # What it was trained at: requests that name no size get it (pipelines/base.py).
-        "defaults": {"width": SIZE, "height": SIZE},
-        "source_class": "jaxvideo.train.sd_shapes (trained on jaxvideo.demo_data shapes)",
-        "components": {
-            "text_encoder": "CLIPTextModel",
-            "unet": "UNet2DConditionModel",
-            "vae": "AutoencoderKL",
-            "tokenizer": "copied",
-            "scheduler": "copied",
-        },
-    }
-    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    write_sd1_folder_files(
+        out,
+        "jaxvideo.train.sd_shapes (trained on jaxvideo.demo_data shapes)",
+        dtype,
+        {**SD1_SCHEDULER, "prediction_type": prediction_type},
+        # What it was trained at: requests that name no size get it.
+        {"width": SIZE, "height": SIZE},
+    )
