@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvideo import demo_data
+from jaxvideo.demo import save_random_component
 from jaxvideo.demo_sd import SD1_SCHEDULER, write_sd1_folder_files
 from jaxvideo.tokenizers import PromptTokenizer, write_tiny_clip_tokenizer
 from jaxvideo.train.loop import Trainable, flat_params, train
@@ -116,18 +117,12 @@ def train_sd_shapes(
 ) -> Path:
     """Trains the demo from scratch (deterministic from `seed`) and writes its folder, the
     weights stored as `dtype`."""
-    from jaxvideo.demo import random_params
-    from jaxvideo.models.registry import class_name_of, spec_for
-    from jaxvideo.weights import abstract_model, param_shapes
-
     out = Path(out_dir)
     started = time.monotonic()
     vocab_size = write_tiny_clip_tokenizer(out / "tokenizer", words=demo_data.VOCABULARY)
     hf = configs(vocab_size)
     for i, (name, config) in enumerate(hf.items()):  # random start, in the folder format
-        spec = spec_for(class_name_of(config))
-        shapes = param_shapes(abstract_model(spec, spec.config_from_hf(config)))
-        save_component(out / name, config, random_params(shapes, seed + i))
+        save_random_component(out / name, config, seed + i)
     report: dict[str, Any] = {"seed": seed, "budget": budget.__dict__}
 
     vae = Trainable.of(load_component(out, "vae"))
