@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Prompt adherence of a trained demo model, and the README's grid of its pictures.
 
-Runs the fixed evaluation prompts (`jaxvideo.demo_data.eval_prompts`: every colour and shape)
-through the engine, judges each picture with `jaxvideo.adherence.check` and prints one JSON
-line: the adherence, the settings, the seconds, and every failure with what the checker found.
-`--grid` also writes the pictures as one captioned PNG.
+Runs the fixed evaluation prompts (`jaxvideo.demo_data.eval_prompts`: every colour and shape,
+and for a video model every direction of motion) through the engine, judges each picture or
+video with `jaxvideo.adherence.check` and prints one JSON line: the adherence, the settings,
+the seconds, and every failure with what the checker found. `--grid` also writes the pictures
+as one captioned PNG (of a video: its first, middle and last frames side by side).
 
     python benchmarks/adherence.py                                  # demo:sd1-shapes, defaults
     python benchmarks/adherence.py --steps 20 --sampler euler --cfg 5 --prompts 48
     python benchmarks/adherence.py --prompts 12 --grid docs/demo_grid.png   # the README grid
+    python benchmarks/adherence.py --model demo:wan-shapes --cfg 4  # text to video
 """
 
 from __future__ import annotations
@@ -24,8 +26,21 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from jaxvideo import adherence, demo_data
+from jaxvideo.families import FamilySpec
 
 CAPTION_H = 28  # pixels of caption under each picture in the grid
+
+
+def model_family(model: str) -> FamilySpec:
+    """The family of `model`: a demo's row, else the one its folder's model_index.json names
+    (sd1 where it names none)."""
+    from jaxvideo.families import demo_builder, family
+
+    if model.startswith("demo:"):
+        return demo_builder(model.removeprefix("demo:"))[0]
+    index = Path(model) / "model_index.json"
+    name = json.loads(index.read_text()).get("family") if index.is_file() else None
+    return family(name or "sd1")
 
 
 def evaluate(
@@ -34,29 +49,31 @@ def evaluate(
     seed: int = 0,
     fields: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[tuple[str, np.ndarray]]]:
-    """(report, [(prompt, image)]) of the evaluation prompts on `model` (folder or demo:)."""
+    """(report, [(prompt, picture)]) of the evaluation prompts on `model` (folder or demo:):
+    a picture is an image, or the (T, H, W, 3) frames of a video model's video."""
     from jaxvideo.config import config_from_dict
     from jaxvideo.engine import Engine
-    from jaxvideo.families import demo_builder
     from jaxvideo.request import build_request
 
-    family = (
-        demo_builder(model.removeprefix("demo:"))[0].name if model.startswith("demo:") else "sd1"
-    )
-    config = config_from_dict({"models": [{"name": "demo", "family": family, "path": model}]})
+    family = model_family(model)
+    config = config_from_dict({"models": [{"name": "demo", "family": family.name, "path": model}]})
     engine = Engine(config)
     defaults = engine.model_info("demo").defaults
+    kind = "video" if family.video else "image"
+    mode = {"mode": "vid_gen"} if family.video else {}
     pictures, verdicts = [], []
     started = time.monotonic()
-    for prompt, prompt_seed in demo_data.eval_prompts("image", prompts, seed):
+    for prompt, prompt_seed in demo_data.eval_prompts(kind, prompts, seed):
         request = build_request(
-            {"prompt": prompt, "seed": prompt_seed, **(fields or {})}, {}, defaults
+            {"prompt": prompt, "seed": prompt_seed, **mode, **(fields or {})}, {}, defaults
         )
-        (image,) = engine.generate(replace(request, model="demo")).images
-        pictures.append((prompt, image))
-        verdicts.append(adherence.check(prompt, image))
+        result = engine.generate(replace(request, model="demo"))
+        (picture,) = result.videos if family.video else result.images
+        pictures.append((prompt, picture))
+        verdicts.append(adherence.check(prompt, picture))
     report = {
         "model": model,
+        "kind": kind,
         "prompts": prompts,
         "fields": fields or {},
         "adherence": round(adherence.adherence(verdicts), 4),
@@ -66,8 +83,17 @@ def evaluate(
     return report, pictures
 
 
+def _still(picture: np.ndarray) -> np.ndarray:
+    """An image as it is; a video's first, middle and last frames side by side."""
+    if picture.ndim == 3:
+        return picture
+    return np.concatenate([picture[0], picture[len(picture) // 2], picture[-1]], axis=1)
+
+
 def grid(pictures: list[tuple[str, np.ndarray]], columns: int) -> Image.Image:
-    """The pictures in rows of `columns`, each with its prompt (shortened) under it."""
+    """The pictures in rows of `columns`, each with its prompt (shortened) under it; a video
+    shows its first, middle and last frames."""
+    pictures = [(prompt, _still(picture)) for prompt, picture in pictures]
     height, width = pictures[0][1].shape[:2]
     rows = -(-len(pictures) // columns)
     sheet = Image.new("RGB", (columns * width, rows * (height + CAPTION_H)), "white")
@@ -76,7 +102,8 @@ def grid(pictures: list[tuple[str, np.ndarray]], columns: int) -> Image.Image:
         x, y = (i % columns) * width, (i // columns) * (height + CAPTION_H)
         sheet.paste(Image.fromarray(image), (x, y))
         spec = demo_data.parse_prompt(prompt)
-        lines = (f"{spec.color} {spec.shape}", f"on {spec.background}")
+        motion = f" {spec.direction}" if spec.direction else ""
+        lines = (f"{spec.color} {spec.shape}{motion}", f"on {spec.background}")
         for j, line in enumerate(lines):
             draw.text((x + 3, y + height + 2 + 12 * j), line, fill="black")
     return sheet

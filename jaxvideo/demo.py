@@ -57,6 +57,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("JAXVIDEO_CACHE_DIR", Path.home() / ".cache" / "jaxvideo"))
 
 
+def _current(name: str, builder: str, target: Path) -> bool:
+    """A cached copy of a shipped (trained) demo is stale once the package ships another."""
+    if not builder.startswith("jaxvideo.demo_models:"):
+        return True  # built from a seed: the same on every run
+    from jaxvideo.demo_models import is_current
+
+    return is_current(name, target)
+
+
 def resolve_demo(path: str) -> Path:
     """Path of the demo model named by `demo:<name>`, building it on first use.
 
@@ -66,7 +75,7 @@ def resolve_demo(path: str) -> Path:
     name = path[len(DEMO_PREFIX) :]
     _, builder = demo_builder(name)
     target = cache_dir() / "demo" / name
-    if (target / READY_MARKER).is_file():
+    if (target / READY_MARKER).is_file() and _current(name, builder, target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))

@@ -45,7 +45,11 @@ DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 # Every word a caption uses: a trained demo's tokenizer makes each of them one token.
 VOCABULARY: tuple[str, ...] = ("a", "on", "background", "moving", *COLORS, *SHAPES, *DIRECTIONS)
 
-SIZE_RANGE = (0.3, 0.6)  # of the smaller frame side
+# Shape sizes, as fractions of the smaller frame side. A picture's shapes are larger than a
+# clip's: in the 16x16 latents of a 128 px picture a square's corners then span several latent
+# pixels, which is what tells it from a circle; a clip's shape must leave room to travel.
+IMAGE_SIZE_RANGE = (0.4, 0.7)
+SIZE_RANGE = (0.3, 0.6)
 TRAVEL_RANGE = (0.25, 0.4)  # how far a clip's shape moves, as a fraction of the frame
 MARGIN = 0.02  # kept free between the shape and the frame edge
 SUPERSAMPLE = 4
@@ -126,7 +130,7 @@ def _colors(rng: np.random.Generator) -> tuple[str, str]:
 def random_scene(rng: np.random.Generator) -> Scene:
     shape = _pick(rng, SHAPES)
     color, background = _colors(rng)
-    size = _uniform(rng, *SIZE_RANGE)
+    size = _uniform(rng, *IMAGE_SIZE_RANGE)
     low, high = MARGIN + size / 2, 1 - MARGIN - size / 2
     return Scene(shape, color, background, _uniform(rng, low, high), _uniform(rng, low, high), size)
 

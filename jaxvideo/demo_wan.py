@@ -103,25 +103,43 @@ def _build(out_dir: str | Path, family: FamilySpec, seed: int, two_experts: bool
         configs["transformer_2"] = configs["transformer"]
     for i, (name, config) in enumerate(configs.items()):
         save_random_component(out / name, config, seed + i)
+    # Wan 2.2 I2V A14B's switch point between the experts.
+    extra = {"boundary_ratio": 0.9} if two_experts else {}
+    write_wan_folder_files(out, family, configs, extra=extra)
+    return out
+
+
+def write_wan_folder_files(
+    out: Path,
+    family: FamilySpec,
+    configs: dict[str, dict[str, Any]],
+    *,
+    source: str = "demo (random weights)",
+    dtype: str = "fp32",
+    scheduler: dict[str, Any] = WAN_SCHEDULER,
+    defaults: dict[str, Any] = DEMO_DEFAULTS,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """The scheduler config and model_index.json of a Wan demo folder whose networks
+    (`configs`: folder name -> diffusers config) are written (`defaults`: the request fields
+    its model gets unless asked otherwise, pipelines/base.py; `extra`: more index fields)."""
     (out / "scheduler").mkdir(exist_ok=True)
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(WAN_SCHEDULER, indent=2))
+    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
     index: dict[str, Any] = {
         "format": "jaxvideo",
         "format_version": 1,
         "family": family.name,
-        "dtype": "fp32",
-        "source_class": "demo (random weights)",
+        "dtype": dtype,
+        "source_class": source,
         "components": {
             name: config.get("_class_name") or config["architectures"][0]
             for name, config in configs.items()
         }
         | {"tokenizer": "copied", "scheduler": "copied"},
-        "defaults": DEMO_DEFAULTS,
+        "defaults": defaults,
+        **(extra or {}),
     }
-    if two_experts:
-        index["boundary_ratio"] = 0.9  # Wan 2.2 I2V A14B's switch point
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
-    return out
 
 
 def build_wan_tiny(out_dir: str | Path, seed: int = 0) -> Path:

@@ -34,6 +34,8 @@ from jaxvideo.memory_plan import (
 from jaxvideo.pipelines.base import Pipeline, Plan
 from jaxvideo.request import GenerationRequest, build_request
 from jaxvideo.results import GenerationResult, ModelInfo
+from jaxvideo.sampling import cache_modes, step_cache
+from jaxvideo.sampling.registry import SAMPLER_SPECS
 from jaxvideo.sharding import activate, build_mesh
 from jaxvideo.weights import serving_dtype, shapes_only
 
@@ -149,6 +151,7 @@ class Engine:
             samplers=tuple(pipeline.samplers),
             schedulers=tuple(pipeline.schedulers),
             features=dict(pipeline.features),
+            cache_modes=tuple(pipeline.cache_modes),
             size_multiple=pipeline.size_multiple,
             frame_multiple=pipeline.frame_multiple,
             needs_init_image=pipeline.needs_init_image,
@@ -366,7 +369,11 @@ class Engine:
         request = replace(request, model=info.name)
         if request.continuation is not None:
             _check_continuation(request)
-        plan = self._pipeline(info.name).validate(request)
+        pipeline = self._pipeline(info.name)
+        plan = pipeline.validate(request)
+        if request.step_cache is not None:
+            needs_uncond = SAMPLER_SPECS[plan.sampler].needs_uncond
+            cache_modes.check(request.step_cache.mode, pipeline.cache_modes, needs_uncond)
         self._check_fits(request)
         return PreparedRequest(request, plan)
 
@@ -405,10 +412,12 @@ class Engine:
             self._ready(names, self.estimate(prepared.request).activations, progress)
             pipeline = self._pipelines[req.model]
             refiner = self._pipelines[req.refiner] if req.refiner is not None else None
-            with activate(self.mesh, self.context_parallel):
+            with activate(self.mesh, self.context_parallel), step_cache.collect() as runs:
                 result = pipeline.generate(
                     req, prepared.plan, progress, gate(cancelled), refiner=refiner
                 )
+        if runs:
+            result.info["step_cache"] = step_cache.summary(runs)
         if pipeline.family.video:
             if req.return_state and result.videos:
                 state = wan_state(segment, req.model, result.videos[0][-1], req.fps)
@@ -427,6 +436,10 @@ class Engine:
             return None
         req = prepared.request
         if req.refiner or req.hires is not None or req.continuation is not None:
+            return None
+        # A step cache decides from statistics of the whole batch, so batched images would
+        # not be the ones each request makes alone.
+        if req.step_cache is not None:
             return None
         key = self._pipeline(req.model).batch_key(req)
         return None if key is None else (req.model, prepared.plan, key)

@@ -146,7 +146,10 @@ WAN21 = FamilySpec(
     defaults=_WAN_DEFAULTS,
     video=True,
     flow=True,
-    demos={"wan-tiny": "jaxvideo.demo_wan:build_wan_tiny"},
+    demos={
+        "wan-tiny": "jaxvideo.demo_wan:build_wan_tiny",
+        "wan-shapes": "jaxvideo.demo_models:install_wan_shapes",  # trained, shipped
+    },
 )
 WAN22 = FamilySpec(
     name="wan22",

@@ -140,6 +140,10 @@ class GenerationRequest:
     auto_resize_ref_image: bool = True
     increase_ref_index: bool = False
 
+    # Step caching (jaxvideo.sampling.cache_modes.StepCache: sd.cpp's cache_mode and
+    # cache_option, or TeaCache); None = every step runs the network.
+    step_cache: Any = None
+
     def __post_init__(self) -> None:
         check_ranges({name: getattr(self, name) for name in FIELD_RANGES})
 

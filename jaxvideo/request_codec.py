@@ -17,6 +17,7 @@ import numpy as np
 from jaxvideo.continuation import parse_state
 from jaxvideo.hires import HiresFix
 from jaxvideo.request import GenerationRequest, HighNoiseParams, SkipLayerGuidance
+from jaxvideo.sampling.cache_modes import StepCache
 from jaxvideo.tiling import VaeTiling
 
 ARRAY_FIELDS = ("init_image", "mask_image", "end_image")
@@ -37,6 +38,20 @@ def _decode_loras(entries: list[dict[str, Any]]) -> tuple[Any, ...]:
     return tuple(LoraSpec(**entry) for entry in entries)
 
 
+def _encode_step_cache(cache: StepCache | None) -> dict[str, Any] | None:
+    if cache is None:
+        return None
+    return {"mode": cache.mode, "options": dict(cache.options),
+            "scm_mask": list(cache.scm_mask), "scm_dynamic": cache.scm_dynamic}  # fmt: skip
+
+
+def _decode_step_cache(data: dict[str, Any] | None) -> StepCache | None:
+    if data is None:
+        return None
+    options = tuple(data["options"].items())
+    return StepCache(data["mode"], options, tuple(data["scm_mask"]), data["scm_dynamic"])
+
+
 def _optional(kind: type) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     """A codec for a field holding a flat dataclass or None."""
     return (
@@ -53,6 +68,7 @@ _CODECS: Mapping[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "hires": _optional(HiresFix),
     "high_noise": _optional(HighNoiseParams),
     "slg": _optional(SkipLayerGuidance),
+    "step_cache": (_encode_step_cache, _decode_step_cache),
     "continuation": (
         lambda state: None if state is None else state.to_json(),
         lambda data: None if data is None else parse_state(data),

@@ -26,6 +26,8 @@ class ModelInfo:
     samplers: tuple[str, ...] = ()
     schedulers: tuple[str, ...] = ()
     features: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The step-cache modes its denoiser supports (jaxvideo.sampling.cache_modes).
+    cache_modes: tuple[str, ...] = ()
     # Width and height must be multiples of this (SD: the VAE's 8; Wan: 8 x its 2x2 patches).
     size_multiple: int = 8
     # Videos have k * frame_multiple + 1 frames (Wan's causal VAE: 4n + 1); 1 = any count.

@@ -141,12 +141,16 @@ def _tiny_t5_pieces(vocab_size: int) -> list[str]:
     return pieces[: vocab_size - 3]
 
 
-def write_tiny_t5_tokenizer(out_dir: str | Path, vocab_size: int = 256) -> int:
+def write_tiny_t5_tokenizer(
+    out_dir: str | Path, vocab_size: int = 256, words: tuple[str, ...] = ()
+) -> int:
     """Writes a small T5-style Unigram tokenizer folder (no download); returns its vocab size.
 
     Built with the `tokenizers` library like transformers' `T5Tokenizer` (Metaspace
     pre-tokenizer, `</s>` appended) so `AutoTokenizer` loads it as a T5 fast tokenizer.
-    Characters outside printable ASCII map to `<unk>`.
+    Characters outside printable ASCII map to `<unk>`. Each of `words` gets a piece of its
+    own (after the `vocab_size` ones), so it is one token (a trained demo model's vocabulary);
+    every other word is spelled in characters and pairs.
     """
     from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
     from tokenizers.models import Unigram
@@ -155,6 +159,9 @@ def write_tiny_t5_tokenizer(out_dir: str | Path, vocab_size: int = 256) -> int:
     # Log-probabilities: a longer piece beats spelling it out, so pairs are used when present.
     vocab = [(T5_PAD, 0.0), (T5_EOS, 0.0), (T5_UNK, 0.0)]
     vocab += [(p, -10.0 - len(p)) for p in pieces]
+    # A whole word scores above any spelling of it, so Unigram picks it.
+    known = {p for p, _ in vocab}
+    vocab += [(w, -1.0) for w in dict.fromkeys(_METASPACE + w for w in words) if w not in known]
     tok = Tokenizer(Unigram(vocab, unk_id=2, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [

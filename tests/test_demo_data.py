@@ -110,7 +110,7 @@ def test_captions_follow_the_grammar_and_cover_every_attribute():
 
 def test_sizes_and_travel_are_in_range():
     for scene in scenes(300):
-        assert 0.3 <= scene.size <= 0.6
+        assert 0.4 <= scene.size <= 0.7
     for clip in clips(300):
         first, last = clip.scene_at(0.0), clip.scene_at(1.0)
         moved = abs(last.cx - first.cx) + abs(last.cy - first.cy)

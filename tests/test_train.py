@@ -15,7 +15,12 @@ from PIL import Image
 
 from jaxvideo import demo_data
 from jaxvideo.cli import build_parser, main
-from jaxvideo.tokenizers import PromptTokenizer, write_tiny_clip_tokenizer
+from jaxvideo.tokenizers import (
+    PromptTokenizer,
+    _load_t5_tokenizer,
+    write_tiny_clip_tokenizer,
+    write_tiny_t5_tokenizer,
+)
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -32,6 +37,22 @@ def test_each_caption_word_is_one_token_and_other_words_are_spelled(tmp_path):
     assert tokenizer.tokenize("a cat") == ["a</w>", "c", "a", "t</w>"]
     # Without words the tokenizer is the character-level one the random demos ship.
     assert PromptTokenizer(tmp_path / "plain")._tok.tokenize("red") == ["r", "e", "d</w>"]
+
+
+def test_the_t5_tokenizer_makes_each_caption_word_one_token(tmp_path):
+    size = write_tiny_t5_tokenizer(tmp_path / "words", words=demo_data.VOCABULARY)
+    plain = write_tiny_t5_tokenizer(tmp_path / "plain")
+    assert size == plain + len(set(demo_data.VOCABULARY)) - 1  # "a" is a piece already
+    tokenizer = _load_t5_tokenizer(str(tmp_path / "words"))
+    caption = "a purple triangle moving left on a yellow background"
+    assert tokenizer.tokenize(caption) == ["\u2581" + word for word in caption.split()]
+    assert tokenizer.tokenize("a cat") == ["\u2581a", "\u2581c", "at"]
+    # Without words it is the tokenizer the random demos ship, piece for piece.
+    plain_tokenizer = _load_t5_tokenizer(str(tmp_path / "plain"))
+    assert len(plain_tokenizer.tokenize("red")) > 1
+    assert (tmp_path / "plain" / "tokenizer.json").read_bytes() != (
+        tmp_path / "words" / "tokenizer.json"
+    ).read_bytes()
 
 
 def test_train_demo_command_line_checks_its_budget_fields(tmp_path, capsys):
@@ -82,3 +103,82 @@ def test_the_adherence_benchmark_reports_and_draws_its_grid(tmp_path):
     assert report["adherence"] == 0.0 and len(report["failures"]) == 8
     with Image.open(out) as sheet:  # 2 rows of 4, each picture with its caption strip
         assert sheet.size == (4 * 512, 2 * (512 + bench.CAPTION_H))
+
+
+def test_the_short_training_context_gives_the_pipelines_outputs(tmp_path):
+    # The Wan trainer feeds the transformer 16 context rows standing for the pipeline's 512.
+    import jax
+    import jax.numpy as jnp
+
+    from jaxvideo.demo import save_random_component
+    from jaxvideo.pipelines.wan import TEXT_LENGTH
+    from jaxvideo.tokenizers import t5_token_ids
+    from jaxvideo.train import wan_shapes
+    from jaxvideo.weights import load_component
+
+    tokenizer = tmp_path / "tokenizer"
+    configs = wan_shapes.configs(write_tiny_t5_tokenizer(tokenizer, words=demo_data.VOCABULARY))
+    save_random_component(tmp_path / "transformer", configs["transformer"], 0)
+    rows = wan_shapes.CAPTION_TOKENS
+    context = jax.random.normal(jax.random.key(0), (2, TEXT_LENGTH, 64))
+    context = context.at[0, 10:].set(0.0).at[1, 1:].set(0.0)  # a caption, the empty prompt
+    x = jax.random.normal(jax.random.key(1), (2, 5, 8, 8, 16))
+    t = jnp.asarray([999.0, 250.0])
+    full = load_component(tmp_path, "transformer")(x, t, context)
+    short = wan_shapes.short_context_model(load_component(tmp_path, "transformer"), rows)
+    np.testing.assert_allclose(short(x, t, context[:, :rows]), full, atol=2e-5)
+    # The trainer's captions fit in those rows, as the pipeline tokenizes them.
+    caption = "a purple triangle moving left on a yellow background"
+    ids, mask = t5_token_ids(tokenizer, [caption], rows)
+    assert mask[0].sum() == len(caption.split()) + 1 < rows  # the words and </s>
+
+
+def test_a_few_wan_training_steps_write_a_folder_the_pipeline_runs(tmp_path):
+    from jaxvideo.train.wan_shapes import Budget, train_wan_shapes
+
+    budget = Budget(
+        vae_steps=2,
+        vae_batch=1,
+        vae_frames=5,
+        vae_crop=16,
+        vae_check=0,
+        latent_pool=2,
+        dit_steps=2,
+        dit_batch=2,
+    )
+    folder = train_wan_shapes(tmp_path / "model", seed=1, budget=budget, dtype="fp16")
+    report = json.loads((folder / "training.json").read_text())
+    assert report["vae"]["steps"] == report["transformer"]["steps"] == 2
+    assert np.isfinite([report["vae"]["final_loss"], report["transformer"]["final_loss"]]).all()
+    vae_config = json.loads((folder / "vae" / "config.json").read_text())
+    assert len(vae_config["latents_std"]) == 16 and min(vae_config["latents_std"]) > 0
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["family"] == "wan21" and index["dtype"] == "fp16"
+    assert index["defaults"]["num_frames"] == 17
+
+    from jaxvideo.config import config_from_dict
+    from jaxvideo.engine import Engine
+    from jaxvideo.request import build_request
+
+    config = config_from_dict(
+        {"models": [{"name": "shapes", "family": "wan21", "path": str(folder), "dtype": "fp32"}]}
+    )
+    engine = Engine(config)
+    request = build_request(
+        {"prompt": "a red circle moving left on a blue background", "mode": "vid_gen", "steps": 2},
+        config.default_request,
+        engine.model_info("shapes").defaults,
+    )
+    (video,) = engine.generate(request).videos
+    assert video.shape == (17, 64, 64, 3) and video.dtype == np.uint8
+
+
+def test_a_stale_cached_copy_of_a_shipped_demo_is_replaced(tmp_path, monkeypatch):
+    from jaxvideo.demo import resolve_demo
+
+    monkeypatch.setenv("JAXVIDEO_CACHE_DIR", str(tmp_path))
+    target = resolve_demo("demo:sd1-shapes")
+    shipped = json.loads((target / "model_index.json").read_text())
+    (target / "model_index.json").write_text("{}")  # as a previous release's copy would differ
+    again = resolve_demo("demo:sd1-shapes")
+    assert json.loads((again / "model_index.json").read_text()) == shipped

@@ -1,4 +1,4 @@
-"""Trained demo models shipped inside the package (`demo:sd1-shapes`).
+"""Trained demo models shipped inside the package (`demo:sd1-shapes`, `demo:wan-shapes`).
 
 Each is a converted model folder under this package, written by `jaxvideo train-demo NAME
 jaxvideo/demo_models/NAME` (jaxvideo.train): small networks trained here, on the CPU, on the
@@ -24,7 +24,26 @@ def packaged(name: str) -> Path:
     return folder
 
 
+# What tells one trained folder from another: a newer package's model replaces a cached copy.
+_IDENTITY = ("model_index.json", "training.json")
+
+
+def is_current(name: str, copy: Path) -> bool:
+    """Whether `copy` (a demo cache folder) holds the shipped folder of trained demo `name`."""
+    shipped = packaged(name)
+    return all(
+        (copy / f).is_file() and (copy / f).read_bytes() == (shipped / f).read_bytes()
+        for f in _IDENTITY
+    )
+
+
 def install_sd1_shapes(out_dir: str | Path) -> Path:
     """Copies the trained SD-1.x shapes demo into `out_dir` (a `demo:` cache folder)."""
     shutil.copytree(packaged("sd1-shapes"), out_dir, dirs_exist_ok=True)
+    return Path(out_dir)
+
+
+def install_wan_shapes(out_dir: str | Path) -> Path:
+    """Copies the trained Wan 2.1 shapes (text-to-video) demo into `out_dir`."""
+    shutil.copytree(packaged("wan-shapes"), out_dir, dirs_exist_ok=True)
     return Path(out_dir)

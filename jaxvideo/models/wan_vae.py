@@ -602,10 +602,12 @@ class AutoencoderKLWan(nnx.Module):
 
     # --- encode ------------------------------------------------------------------------------
 
-    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def encode(self, x: jax.Array, unroll: bool = False) -> tuple[jax.Array, jax.Array]:
         """(B, F, H, W, C) with F = 4n + 1 -> posterior (mean, logvar), (B, 1 + n, h, w, z).
 
         The first frame is encoded alone, then 4-frame chunks in a scan, as in diffusers.
+        `unroll` unrolls the scan: what training differentiates, as XLA:CPU runs a scan's
+        backward pass tens of times slower than the same steps unrolled.
         """
         b, f = x.shape[:2]
         if (f - 1) % TEMPORAL_FACTOR:
@@ -620,7 +622,7 @@ class AutoencoderKLWan(nnx.Module):
                 out, cache = self._encode_chunk(chunk, cache, first=False)
                 return cache, out[:, 0]
 
-            _, rest = jax.lax.scan(step, cache, chunks)
+            _, rest = jax.lax.scan(step, cache, chunks, unroll=unroll)
             h = jnp.concatenate([h, rest.swapaxes(0, 1)], axis=1)
         mean, logvar = jnp.split(self.quant_conv(h), 2, axis=-1)
         return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
@@ -634,10 +636,11 @@ class AutoencoderKLWan(nnx.Module):
 
     # --- decode ------------------------------------------------------------------------------
 
-    def decode(self, z: jax.Array) -> jax.Array:
+    def decode(self, z: jax.Array, unroll: bool = False) -> jax.Array:
         """(B, T, h, w, z_dim) -> (B, 1 + 4 (T - 1), H, W, C) in [-1, 1].
 
-        `decode_first` on the first latent frame, then `decode_next` on each later one in a scan.
+        `decode_first` on the first latent frame, then `decode_next` on each later one in a scan
+        (`unroll`: as `encode`).
         """
         b, t = z.shape[:2]
         frames, cache = self.decode_first(z[:, :1], self.init_decode_cache(b, *z.shape[2:4]))
@@ -648,7 +651,7 @@ class AutoencoderKLWan(nnx.Module):
             out, cache = self.decode_next(zt[:, None], cache)
             return cache, out
 
-        _, rest = jax.lax.scan(step, cache, z[:, 1:].swapaxes(0, 1))
+        _, rest = jax.lax.scan(step, cache, z[:, 1:].swapaxes(0, 1), unroll=unroll)
         rest = rest.swapaxes(0, 1).reshape(b, -1, *rest.shape[3:])
         return jnp.concatenate([frames, rest], axis=1)
 

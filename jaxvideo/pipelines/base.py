@@ -53,6 +53,8 @@ class Pipeline:
     frame_multiple: int = 1
     # Image-to-video models cannot start without a first frame.
     needs_init_image: bool = False
+    # The step-cache modes its denoiser supports (jaxvideo.sampling.cache_modes).
+    cache_modes: tuple[str, ...] = ()
 
     def __init__(self, model_dir: str | Path, dtype: str = "fp32"):
         self.model_dir = Path(model_dir)

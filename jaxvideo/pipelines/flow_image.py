@@ -39,6 +39,7 @@ from jaxvideo.pipelines.base import (
 from jaxvideo.request import GenerationRequest
 from jaxvideo.results import GenerationResult
 from jaxvideo.sampling import flow_sigmas, sampler_function
+from jaxvideo.sampling.cache_modes import DIT_MODES
 from jaxvideo.sampling.flow_schedules import NUM_TRAIN_TIMESTEPS, time_shift
 from jaxvideo.sampling.registry import native_schedule
 from jaxvideo.sharding import constrain, to_host
@@ -53,6 +54,7 @@ class FlowImagePipeline(Pipeline):
     """A flow-matching image model: subclasses load their text encoders and denoiser."""
 
     size_multiple = 2 * LATENT_SCALE  # 2x2 latent patches
+    cache_modes = DIT_MODES
 
     def __init__(self, model_dir: str | Path, dtype: str = "fp32"):
         super().__init__(model_dir, dtype)
@@ -260,7 +262,10 @@ class FlowImagePipeline(Pipeline):
             return x0
 
         run = sampler_function(plan.sampler, flow=True)
-        latents = run(model, latents, sigmas, keys, step_reporter(progress, cancelled), req.eta)
+        latents = run(
+            model, latents, sigmas, keys, step_reporter(progress, cancelled), req.eta,
+            cache=req.step_cache,
+        )  # fmt: skip
         return keep(latents, 0.0)
 
     def generate(

@@ -48,6 +48,7 @@ from jaxvideo.sampling import (
     sampler_function,
     shifted_timestep,
 )
+from jaxvideo.sampling.cache_modes import UNET_MODES
 from jaxvideo.sharding import constrain, to_host
 from jaxvideo.tiling import LATENT_SCALE, tiled_decode
 from jaxvideo.weights import load_component, read_config
@@ -58,6 +59,8 @@ CLIP_TOKENS = 77  # one chunk of prompt tokens (longer prompts add chunks of 77)
 
 class StableDiffusionPipeline(TwoPasses, Pipeline):
     """One loaded SD model: text conditioning, UNet, VAE and its training schedule."""
+
+    cache_modes = UNET_MODES
 
     def __init__(self, model_dir: str | Path, dtype: str = "fp32"):
         super().__init__(model_dir, dtype)
@@ -408,7 +411,10 @@ class StableDiffusionPipeline(TwoPasses, Pipeline):
             return keep_unmasked(out)
 
         run = sampler_function(plan.sampler, flow=False)
-        latents = run(model, latents, sigmas, keys, step_reporter(progress, cancelled), req.eta)
+        latents = run(
+            model, latents, sigmas, keys, step_reporter(progress, cancelled), req.eta,
+            cache=req.step_cache,
+        )  # fmt: skip
         if blend_mask is not None:
             latents = latents * blend_mask + init_latents * (1 - blend_mask)
         return latents

@@ -45,6 +45,7 @@ from jaxvideo.pipelines.base import (
 from jaxvideo.request import GenerationRequest, HighNoiseParams
 from jaxvideo.results import GenerationResult, round_frames
 from jaxvideo.sampling import DEFAULT_NAMES, flow_sigmas, resolve_sampler, sampler_function
+from jaxvideo.sampling.cache_modes import DIT_MODES, TEACACHE
 from jaxvideo.sharding import constrain, to_host
 from jaxvideo.tokenizers import t5_token_ids
 from jaxvideo.weights import load_component, read_config
@@ -71,6 +72,7 @@ class WanPipeline(Pipeline):
     """One loaded Wan model: UMT5 encoder, one or two transformers, video VAE, [CLIP vision]."""
 
     frame_multiple = TEMPORAL_SCALE
+    cache_modes = (*DIT_MODES, TEACACHE)
 
     def __init__(self, model_dir: str | Path, dtype: str = "fp32"):
         super().__init__(model_dir, dtype)
@@ -498,7 +500,7 @@ class WanPipeline(Pipeline):
             )
             on_step = step_reporter(progress, cancelled, offset=done, total=total)
             run = sampler_function(stage_sampler, flow=True)
-            latents = run(model, latents, sigmas, keys, on_step, eta)
+            latents = run(model, latents, sigmas, keys, on_step, eta, cache=req.step_cache)
             done += len(sigmas) - 1
         if pinned is not None:
             latents = _pin(latents, pinned, 0.0, noise)

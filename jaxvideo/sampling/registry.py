@@ -209,8 +209,10 @@ def _kind(flow: bool) -> str:
 
 @functools.cache
 def sampler_function(name: str, flow: bool) -> Callable[..., Any]:
-    """`run(model, x, sigmas, keys, callback=None, eta=None)` for sampler `name`, where a
-    missing eta is the sampler's default (KeyError/ValueError for unknown or invalid)."""
+    """`run(model, x, sigmas, keys, callback=None, eta=None, cache=None)` for sampler `name`,
+    where a missing eta is the sampler's default and `cache` a request's step cache
+    (`step_cache.StepCache`) that may answer some of the model calls (KeyError/ValueError for
+    unknown or invalid names)."""
     spec = SAMPLER_SPECS[name]
     target = spec.flow_fn if flow else spec.fn
     if target is None:
@@ -218,8 +220,12 @@ def sampler_function(name: str, flow: bool) -> Callable[..., Any]:
     fn = load(target)
 
     @functools.wraps(fn)
-    def run(model, x, sigmas, keys, callback=None, eta=None):
+    def run(model, x, sigmas, keys, callback=None, eta=None, cache=None):
         eta = spec.default_eta if eta is None else float(eta)
+        if cache is not None:
+            from jaxvideo.sampling.step_cache import CachedDenoiser
+
+            model = CachedDenoiser(model, cache, sigmas, flow)
         return fn(model, x, sigmas, keys, callback, 0.0 if eta is None else eta)
 
     return run

@@ -12,7 +12,10 @@ from pathlib import Path
 
 SUMMARY = "train a demo model on the synthetic shapes (no downloads)"
 # Demo name -> its trainer (module:function taking out_dir, seed, budget, dtype) and budget.
-TRAINERS = {"sd1-shapes": ("jaxvideo.train.sd_shapes", "train_sd_shapes", "Budget")}
+TRAINERS = {
+    "sd1-shapes": ("jaxvideo.train.sd_shapes", "train_sd_shapes", "Budget"),
+    "wan-shapes": ("jaxvideo.train.wan_shapes", "train_wan_shapes", "Budget"),
+}
 
 
 # A budget field's annotation (a string under postponed annotations) -> how to read it.

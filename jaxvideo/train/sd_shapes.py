@@ -5,9 +5,10 @@ captioned `a {color} {shape} on a {color} background`):
 
 1. the VAE (8x down, 4 latent channels) learns to reconstruct them (MSE plus a small KL);
 2. its latents' spread sets `scaling_factor`, as SD's VAE has one (latents of unit variance);
-3. the CLIP text encoder and the UNet learn together to predict the noise of those latents
-   (SD 1.x's epsilon objective and scaled-linear schedule), with 10% of captions dropped to
-   the empty prompt so classifier-free guidance works.
+3. the CLIP text encoder and the UNet learn together to denoise those latents (SD 2.x's
+   v-prediction objective on SD 1.x's scaled-linear schedule), with 10% of captions dropped to
+   the empty prompt so classifier-free guidance works; what is saved is the exponential
+   moving average of their weights.
 
 The tokenizer is the tiny CLIP BPE with one token per caption word. The result is a converted
 model folder like any other (family sd1), so the server loads it as it loads a real model.
@@ -31,12 +32,24 @@ from jaxvideo import demo_data
 from jaxvideo.demo import save_random_component
 from jaxvideo.demo_sd import SD1_SCHEDULER, write_sd1_folder_files
 from jaxvideo.tokenizers import PromptTokenizer, write_tiny_clip_tokenizer
+from jaxvideo.train.common import pixels as _pixels
+from jaxvideo.train.common import summary as _summary
 from jaxvideo.train.loop import Trainable, flat_params, train
 from jaxvideo.weights import load_component, save_component
 
 log = logging.getLogger(__name__)
 
 SIZE = 128  # pixels; latents are 16 x 16 x 4
+# What requests that name none get: the size it was trained at, and the sampler, steps and
+# (low) CFG scale at which it follows its prompts best (benchmarks/adherence.py and
+# benchmarks/sampler_quality.py; docs/PERFORMANCE.md).
+REQUEST_DEFAULTS = {
+    "width": SIZE,
+    "height": SIZE,
+    "sampler": "lcm",
+    "steps": 30,
+    "guidance_scale": 2.0,
+}
 CFG_DROP = 0.1  # share of captions trained as the empty prompt (the unconditional branch)
 KL_WEIGHT = 1e-6  # as SD's VAE: latents stay near a Gaussian without blurring the images
 
@@ -48,11 +61,15 @@ class Budget:
     vae_steps: int = 600
     vae_batch: int = 16
     vae_crop: int = 64  # the VAE is convolutional: it learns on crops, 4x cheaper than 128 px
-    latent_pool: int = 8192  # images encoded once; the UNet trains on them (and their mirror)
-    unet_steps: int = 3000
+    latent_pool: int = 8192  # images encoded once (~100 s); the UNet trains on them
+    unet_steps: int = 3200
     unet_batch: int = 32
     vae_lr: float = 1e-3
     unet_lr: float = 1e-3
+    unet_ema: float = 0.999  # the text encoder and UNet saved are this moving average
+    # Share of timesteps drawn from the middle of the schedule (250-750) rather than all of
+    # it: where a circle and a square, alike at high noise, have to be told apart.
+    mid_t_share: float = 0.5
     # v-prediction (SD 2.x's objective) places one shape at the noisiest steps where epsilon
     # prediction, amplified 14x into the image estimate there, scatters several blobs.
     prediction_type: str = "v_prediction"
@@ -151,10 +168,6 @@ def train_sd_shapes(
 # -- stage 1 and 2: the VAE -----------------------------------------------------------------------
 
 
-def _pixels(images: np.ndarray) -> jax.Array:
-    return jnp.asarray(images, jnp.float32) / 127.5 - 1.0
-
-
 def _train_vae(vae: Trainable, seed: int, budget: Budget):
     def loss(params, x, key):
         model = vae.module(params)
@@ -232,9 +245,9 @@ def _train_denoiser(vae, scale: float, text, unet, tokens: _Captions, seed: int,
     def batches() -> Iterator[tuple[jax.Array, jax.Array]]:
         while True:
             pick = rng.integers(0, len(pool), budget.unet_batch)
+            # No mirroring in latent space: a flipped latent is not the latent of the flipped
+            # picture (the VAE's kernels are not symmetric) and decodes softer.
             latents = pool[pick]
-            mirrored = rng.random(len(pick)) < 0.5  # a mirrored scene has the same caption
-            latents[mirrored] = latents[mirrored, :, ::-1]
             ids = pool_ids[pick]
             ids[rng.random(len(pick)) < CFG_DROP] = empty
             yield jnp.asarray(latents), jnp.asarray(ids)
@@ -243,7 +256,7 @@ def _train_denoiser(vae, scale: float, text, unet, tokens: _Captions, seed: int,
         text_params, unet_params = params
         latents, ids = batch
         t_key, n_key = jax.random.split(key)
-        t = jax.random.randint(t_key, (latents.shape[0],), 0, alphas.shape[0])
+        t = _timesteps(t_key, latents.shape[0], alphas.shape[0], budget.mid_t_share)
         noise = jax.random.normal(n_key, latents.shape)
         a = alphas[t][:, None, None, None]
         noisy = jnp.sqrt(a) * latents + jnp.sqrt(1.0 - a) * noise
@@ -255,16 +268,17 @@ def _train_denoiser(vae, scale: float, text, unet, tokens: _Captions, seed: int,
         return jnp.mean((predicted - target) ** 2)
 
     params = (text.params, unet.params)
-    return train(params, loss, batches(), budget.unet_steps, budget.unet_lr, seed, "unet")
+    steps, lr = budget.unet_steps, budget.unet_lr
+    return train(params, loss, batches(), steps, lr, seed, "unet", ema=budget.unet_ema)
 
 
-def _summary(history) -> dict[str, Any]:
-    return {
-        "steps": len(history.losses),
-        "first_loss": round(float(np.mean(history.losses[:20])), 5),
-        "final_loss": round(history.mean(100), 5),
-        "seconds": round(history.seconds, 1),
-    }
+def _timesteps(key: jax.Array, count: int, total: int, mid_share: float) -> jax.Array:
+    """Training timesteps: uniform over the schedule, except that `mid_share` of them are
+    uniform over its middle half."""
+    pick, whole, mid = jax.random.split(key, 3)
+    everywhere = jax.random.randint(whole, (count,), 0, total)
+    middle = jax.random.randint(mid, (count,), total // 4, 3 * total // 4)
+    return jnp.where(jax.random.uniform(pick, (count,)) < mid_share, middle, everywhere)
 
 
 def _write_folder_files(out: Path, dtype: str, prediction_type: str) -> None:
@@ -273,6 +287,5 @@ def _write_folder_files(out: Path, dtype: str, prediction_type: str) -> None:
         "jaxvideo.train.sd_shapes (trained on jaxvideo.demo_data shapes)",
         dtype,
         {**SD1_SCHEDULER, "prediction_type": prediction_type},
-        # What it was trained at: requests that name no size get it.
-        {"width": SIZE, "height": SIZE},
+        REQUEST_DEFAULTS,
     )

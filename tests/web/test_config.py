@@ -19,17 +19,17 @@ def error_of(text: str) -> str:
     return str(info.value)
 
 
-def test_default_config_serves_the_tiny_demo_model(monkeypatch):
+def test_default_config_serves_the_demo_models(monkeypatch):
     monkeypatch.delenv("JAXVIDEO_CONFIG", raising=False)
     config = load_config()
     assert config.models == (
-        ModelSpec("sd1-tiny-demo", "sd1", "demo:sd1-tiny", "auto"),
+        ModelSpec("sd1-shapes-demo", "sd1", "demo:sd1-shapes", "auto"),
         ModelSpec("wan-tiny-demo", "wan21", "demo:wan-tiny", "auto"),
         ModelSpec("wan22-tiny-demo", "wan22", "demo:wan22-tiny", "auto"),
         ModelSpec("flux-tiny-demo", "flux", "demo:flux-tiny", "auto"),
         ModelSpec("sd3-tiny-demo", "sd3", "demo:sd3-tiny", "auto"),
     )
-    assert dict(config.default_request) == {"steps": 8}
+    assert dict(config.default_request) == {}
     assert config.server.max_queue_size == 64
     assert dict(config.mesh) == {}
 

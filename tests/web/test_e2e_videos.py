@@ -201,7 +201,7 @@ def test_conflicts_unknown_ids_and_wrong_models(client, server):
         client.videos.create(prompt="p", model="sd1-tiny-demo")
     assert "cannot serve vid_gen" in info.value.body["message"]
     for body, param in (
-        ({"prompt": "p", "enable_teacache": True}, "enable_teacache"),
+        ({"prompt": "p", "enable_teacache": "on"}, "enable_teacache"),
         ({"prompt": "p", "motion": 3}, "motion"),
         ({"prompt": "p", "reference_url": "http://example.com/a.png"}, "reference_url"),
         ({"prompt": "p", "size": "72x64"}, "size"),

@@ -321,16 +321,38 @@ def test_sdcpp_fields_map_the_native_request():
     assert output == {"output_format": "webp", "quality": 0, "embed_metadata": False}
 
 
+def test_sdcpp_features_not_implemented_yet_answer_400_by_name():
+    err = rejects(sdcpp, {"control_image": "aGk="})
+    assert err.param == "control_image" and "not supported by this server yet" in err.message
+
+
+def test_sdcpp_cache_fields_become_the_step_cache_with_sd_cpp_defaults():
+    fields, _ = sdcpp({"cache_mode": "ucache", "cache_option": "threshold=1.5, reset=0"})
+    cache = fields["step_cache"]
+    assert cache.mode == "ucache" and cache["threshold"] == 1.5 and cache["reset"] == 0
+    assert cache["start"] == 0.15 and cache["end"] == 0.95  # sd.cpp's defaults
+    masked = {"cache_mode": "dbcache", "scm_mask": "1,1,0,0,1", "scm_policy_dynamic": False}
+    cache = sdcpp(masked)[0]["step_cache"]
+    assert cache.scm_mask == (1, 1, 0, 0, 1) and not cache.scm_dynamic
+    for off in ({"cache_mode": "disabled"}, {"cache_mode": ""}, {}):
+        assert "step_cache" not in sdcpp(off)[0]
+
+
 @pytest.mark.parametrize(
-    ("body", "param"),
+    ("body", "param", "words"),
     [
-        ({"control_image": "aGk="}, "control_image"),
-        ({"cache_mode": "easycache"}, "cache_mode"),
+        ({"cache_mode": "ucache", "cache_option": "w=0.4"}, "cache_option", "unknown ucache"),
+        ({"cache_mode": "ucache", "cache_option": "threshold"}, "cache_option", "key=value"),
+        ({"cache_mode": "ucache", "cache_option": "start=0.9,end=0.2"}, "cache_option", "below"),
+        ({"cache_mode": "spectrum", "cache_option": "m=0"}, "cache_option", "within [1, 8]"),
+        ({"cache_mode": "dbcache", "cache_option": "Fn=1.5"}, "cache_option", "integer"),
+        ({"cache_mode": "ucache", "scm_mask": "1,0"}, "scm_mask", "applies to"),
+        ({"cache_option": "threshold=1"}, "cache_option", "needs a cache_mode"),
     ],
 )
-def test_sdcpp_features_not_implemented_yet_answer_400_by_name(body, param):
+def test_sdcpp_bad_cache_options_answer_400_naming_them(body, param, words):
     err = rejects(sdcpp, body)
-    assert err.param == param and "not supported by this server yet" in err.message
+    assert err.param == param and words in err.message, err.message
 
 
 @pytest.mark.parametrize(

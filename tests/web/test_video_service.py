@@ -26,6 +26,7 @@ from jaxvideo.demo_wan import DEMO_DEFAULTS as WAN_FAMILY
 from jaxvideo.engine import Engine, PreparedRequest
 from jaxvideo.media import encode_image
 from jaxvideo.request import GenerationRequest, HighNoiseParams
+from jaxvideo.sampling import cache_modes
 from tests.support.sampling import FLOW_SAMPLERS
 from webapp import create_app
 from webapp.core.capabilities import Capabilities
@@ -519,11 +520,15 @@ def test_capabilities_describe_both_modes(app_client):
         "high_noise_sample_params": False,
         "lora": False,  # this server has no LoRA folder
         "vae_tiling": False,
-        "cache": False,
+        "cache": True,  # step caching: the DiT modes and teacache
         "cancel_queued": True,
         "cancel_generating": True,
         "flow_shift": True,  # a flow model: sample_params.flow_shift works
     }
+    wan21 = next(m for m in caps["models"] if m["family"] == "wan21")
+    assert wan21["cache_modes"] == [*cache_modes.DIT_MODES, cache_modes.TEACACHE]
+    assert caps["cache_modes"] == list(cache_modes.UNET_MODES)  # the default (SD) model's
+    assert caps["cache_options"]["spectrum"]["window"] == 2
     wan22 = next(m for m in caps["models"] if m["name"] == "wan22")
     assert wan22["features_by_mode"]["vid_gen"]["end_image"] is True
     assert wan22["features_by_mode"]["vid_gen"]["high_noise_sample_params"] is True

@@ -147,7 +147,7 @@ def test_true_cfg_scale_is_guidance_scale_under_another_name():
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"prompt": "p", "enable_teacache": True}, "enable_teacache"),
+        ({"prompt": "p", "enable_teacache": "yes"}, "enable_teacache"),
         ({"prompt": "p", "surprise": 1}, "surprise"),  # FastVideo: unknown field -> 400
         ({"prompt": "p", "quality": "hd"}, "quality"),
         ({"seconds": 4}, "prompt"),
@@ -480,7 +480,9 @@ def test_vid_gen_images_and_high_noise_settings():
     ("body", "param", "words"),
     [
         ({"control_frames": ["aGk="]}, "control_frames", "VACE"),
-        ({"cache_mode": "easycache"}, "cache_mode", "not supported"),
+        ({"cache_mode": "easycache", "cache_option": "bogus=1"}, "cache_option", "'bogus'"),
+        ({"cache_mode": "dbcache", "scm_mask": "1,x"}, "scm_mask", "0 and 1"),
+        ({"cache_mode": "turbo"}, "cache_mode", "Must be one of"),
         (
             {"high_noise_sample_params": {"guidance": {"slg": {"scale": 1.0}}}},
             "high_noise_sample_params.guidance.slg.scale",

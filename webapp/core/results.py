@@ -50,6 +50,8 @@ class VideoResult:
     thumbnail: bytes | None  # WebP of the first frame (OpenAI's `variant=thumbnail`)
     state: dict[str, Any] | None
     file_path: str | None  # the MP4 copy written for `output_path`
+    # What a step cache skipped (jaxvideo.sampling.step_cache.summary); None without one.
+    step_cache: dict[str, Any] | None = None
 
     def stored(self) -> tuple[dict[str, bytes], dict[str, Any]]:
         files = {f"video.{self.output_format}": self.data}

@@ -322,6 +322,7 @@ class Service:
                 thumbnail=encode_image(video[0], "webp", 90) if surface == "openai" else None,
                 state=result.state,
                 file_path=copy_to,
+                step_cache=result.info.get("step_cache"),
             )
 
         return run

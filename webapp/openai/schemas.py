@@ -222,7 +222,10 @@ class VideoGenerationSchema(Schema):
     reference_url = fields.String(
         allow_none=True, metadata={"description": "data: URLs only (no network access)"}
     )
-    enable_teacache = Bool(allow_none=True, metadata={"description": "must be false"})
+    enable_teacache = Bool(
+        allow_none=True,
+        metadata={"description": "TeaCache-style step cache (skips denoiser calls; Wan models)"},
+    )
     output_path = fields.String(
         allow_none=True,
         metadata={"description": "also write the MP4 here (a file or folder inside output_dir)"},

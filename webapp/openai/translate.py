@@ -26,6 +26,7 @@ NAMES = {
     "height": "size",
     "batch_count": "n",
     "loras": "sd_cpp_extra_args.lora",
+    "step_cache": "sd_cpp_extra_args.cache_mode",
 }
 
 

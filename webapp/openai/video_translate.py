@@ -17,6 +17,7 @@ from typing import Any
 
 from jaxvideo.continuation import parse_state
 from jaxvideo.errors import InvalidRequest
+from jaxvideo.sampling import cache_modes
 from webapp.core.capabilities import Capabilities
 from webapp.core.checks import frames_field
 from webapp.core.errors import ApiError, invalid
@@ -63,10 +64,10 @@ def fastvideo_fields(data: Mapping[str, Any], caps: Capabilities) -> FastVideoRe
     in the prompt is parsed with the vid_gen schema and wins over the outer fields.
     """
     data = {key: value for key, value in data.items() if value is not None}
-    if data.get("enable_teacache"):
-        raise invalid("enable_teacache", "TeaCache is not supported by this server", "unsupported")
     prompt, block = extract_extra_args(data["prompt"])
     fields: dict[str, Any] = {"prompt": prompt}
+    if data.get("enable_teacache"):  # the model's support is the engine's check
+        fields["step_cache"] = cache_modes.parse(cache_modes.TEACACHE)
     for key in ("model", "negative_prompt", "seed", "fps", "guidance_scale", "guidance_scale_2"):
         if key in data:
             fields[key] = data[key]

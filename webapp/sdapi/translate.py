@@ -34,6 +34,7 @@ NAMES = {
     "hires": "enable_hr",
     "refiner": "refiner_checkpoint",
     "refiner_switch": "refiner_switch_at",
+    "step_cache": "sd_cpp_extra_args.cache_mode",
 }
 # On sdapi the outer request wins over an sd_cpp_extra_args block for these (the peer's rule).
 _OUTER_WINS = ("clip_skip", "sampler", "scheduler", "init_image", "mask_image", "loras")

@@ -42,7 +42,7 @@ FEATURES = {
     ),
 }
 # Refused by this server whatever the model (the native translation answers 400).
-REFUSED = frozenset(("control_image", "control_frames", "cache"))
+REFUSED = frozenset(("control_image", "control_frames"))
 # What the server does for every model: its job table cancels queued and running jobs.
 SERVER_FEATURES = frozenset(("cancel_queued", "cancel_generating"))
 
@@ -51,6 +51,8 @@ def mode_features(svc: Service, info: ModelInfo, mode: str) -> dict[str, bool]:
     """A feature is advertised only when it really works here: the model declares it (or the
     server provides it), this server does not refuse it, and LoRA needs a LoRA folder."""
     declared = SERVER_FEATURES.union(info.features.get(mode, ()))
+    if info.cache_modes:
+        declared = declared | {"cache"}
     lora_ok = svc.caps.limits.lora_dir is not None
     return {
         name: name in declared and name not in REFUSED and (name != "lora" or lora_ok)
@@ -68,6 +70,7 @@ def model_entry(svc: Service, info: ModelInfo) -> dict[str, Any]:
         "samplers": list(own.samplers),
         "schedulers": list(own.schedulers),
         "features_by_mode": {mode: mode_features(svc, info, mode) for mode in info.modes},
+        "cache_modes": list(info.cache_modes),
         "loaded": svc.is_loaded(info.name),
     }
 

@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from jaxvideo.media import IMAGE_FORMATS
+from jaxvideo.sampling import cache_modes
 from webapp.core.checks import MAX_FRAMES
 from webapp.core.http import json_body
 from webapp.core.jobs import COMPLETED, JobView
@@ -59,6 +60,9 @@ def capabilities() -> Response:
             "features_by_mode": features,
             "samplers": list(own.samplers),
             "schedulers": list(own.schedulers),
+            # jaxvideo's: the model's step-cache modes and each one's cache_option defaults.
+            "cache_modes": list(info.cache_modes),
+            "cache_options": {mode: cache_modes.defaults(mode) for mode in info.cache_modes},
             "loras": available_loras(limits.lora_dir),
             "upscalers": [],
             "limits": {
@@ -133,6 +137,8 @@ def job_json(view: JobView) -> dict[str, Any]:
                 for image in view.result.images
             ],
         }
+        if view.result.info.get("step_cache"):
+            result["step_cache"] = view.result.info["step_cache"]
     elif view.status == COMPLETED and isinstance(view.result, VideoResult):
         video = view.result
         result = {
@@ -143,4 +149,6 @@ def job_json(view: JobView) -> dict[str, Any]:
             "seed": video.seed,
             "b64_json": base64.b64encode(video.data).decode("ascii"),
         }
+        if video.step_cache:
+            result["step_cache"] = video.step_cache
     return view.to_dict(result)

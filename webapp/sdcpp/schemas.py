@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from jaxvideo.sampling.cache_modes import MODES
 from webapp.core.schemas import Bool, Int, Num, in_range
 
-CACHE_MODES = ("disabled", "easycache", "ucache", "dbcache", "taylorseer", "cache-dit", "spectrum")
+# sd.cpp's modes, and teacache (FastVideo's enable_teacache) for Wan; which ones a model takes
+# is in its capabilities (`cache_modes`).
+CACHE_MODES = ("disabled", *MODES)
 
 
 FRACTION = validate.Range(0, 1, error="must be within [0, 1]")

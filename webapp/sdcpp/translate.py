@@ -15,8 +15,10 @@ from typing import Any
 
 from marshmallow import Schema
 
+from jaxvideo.errors import InvalidRequest
 from jaxvideo.request import HighNoiseParams, SkipLayerGuidance
-from jaxvideo.sampling import custom_sigmas
+from jaxvideo.sampling import cache_modes, custom_sigmas
+from jaxvideo.sampling.cache_modes import StepCache
 from webapp.core.capabilities import Capabilities
 from webapp.core.checks import MAX_REF_IMAGES, frames_field
 from webapp.core.errors import NOT_YET, ApiError, invalid
@@ -49,6 +51,7 @@ NAMES = {
     "high_noise": "high_noise_sample_params",
     "distilled_guidance": "sample_params.guidance.distilled_guidance",
     "slg": "sample_params.guidance.slg",
+    "step_cache": "cache_mode",
 }
 
 
@@ -127,8 +130,10 @@ def reference_fields(images: list[str] | None, caps: Capabilities, param: str) -
 
 def native_fields(data: Mapping[str, Any], caps: Capabilities) -> dict[str, Any]:
     """The fields img_gen and vid_gen share -> client fields (only what was sent)."""
-    reject_unsupported(data)
     fields: dict[str, Any] = {}
+    cache = step_cache_field(data)
+    if cache is not None:
+        fields["step_cache"] = cache
     for key in ("model", "prompt", "negative_prompt", "width", "height", "seed", "strength"):
         if key in data:
             fields[key] = data[key]
@@ -188,15 +193,18 @@ def sigma_fields(values: list[float], max_steps: int) -> dict[str, Any]:
     return {"custom_sigmas": tuple(float(v) for v in values), "steps": steps}
 
 
-def reject_unsupported(data: Mapping[str, Any]) -> None:
-    """Shared fields that would change the output but are not implemented answer 400 by name.
-
-    Fields that only matter together with one of these (img_cfg, cache_option, ...) are
-    type-checked and accepted. What depends on the model (flow_shift, end_image, ...) is
-    checked once the model is known (`webapp.core.checks`).
-    """
-    if data.get("cache_mode", "disabled") not in ("", "disabled"):
-        raise invalid("cache_mode", NOT_YET, code="unsupported")
+def step_cache_field(data: Mapping[str, Any]) -> StepCache | None:
+    """cache_mode, cache_option, scm_mask and scm_policy_dynamic -> the request's step cache
+    (None: disabled). Whether the model supports the mode is the engine's check."""
+    try:
+        return cache_modes.parse(
+            data.get("cache_mode") or "",
+            data.get("cache_option") or "",
+            data.get("scm_mask") or "",
+            data.get("scm_policy_dynamic", True),
+        )
+    except InvalidRequest as exc:
+        raise invalid(exc.field, str(exc)) from exc
 
 
 # -- vid_gen -------------------------------------------------------------------------------

@@ -1,0 +1,366 @@
+"""The Wan-2.1-architecture shapes demo (`wan-shapes`): text to video, trained here on the CPU.
+
+Three stages on `jaxvideo.demo_data` clips (64x64 px, 17 frames: one flat shape moving in a
+straight line on a flat background, captioned `a {color} {shape} moving {direction} on a
+{color} background`):
+
+1. the causal video VAE (AutoencoderKLWan: 8x down in space, 4x in time, 16 latent channels)
+   learns to reconstruct short crops of clips (MSE plus a small KL);
+2. the latents of a pool of clips, encoded once, give the per-channel `latents_mean` and
+   `latents_std` of the VAE config (the pipeline normalises latents with them);
+3. the UMT5 text encoder and the WanTransformer3DModel learn together on that pool with the
+   rectified-flow objective the Wan pipeline samples with: x_s = (1 - s) x0 + s noise, the
+   network predicts noise - x0 (diffusers' `flow_prediction`) at timestep floor(1000 s), s
+   drawn uniformly in flow time and shifted by the scheduler's `flow_shift`; 10% of captions
+   are the empty prompt, so classifier-free guidance works.
+
+The tokenizer is the tiny T5 Unigram with one token per caption word. The text context is
+what the pipeline feeds: the encoder's outputs on the prompt's tokens, zeros up to 512. The
+result is a converted Wan 2.1 folder like any other, so the server loads it as a real model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxvideo import demo_data
+from jaxvideo.demo import save_random_component
+from jaxvideo.demo_wan import WAN_SCHEDULER, write_wan_folder_files
+from jaxvideo.families import WAN21
+from jaxvideo.models.attention import dot_product_attention
+from jaxvideo.pipelines.wan import TEXT_LENGTH
+from jaxvideo.tokenizers import t5_token_ids, write_tiny_t5_tokenizer
+from jaxvideo.train.common import pixels, summary
+from jaxvideo.train.loop import Trainable, flat_params, train
+from jaxvideo.weights import load_component, save_component
+
+log = logging.getLogger(__name__)
+
+SIZE = 64  # pixels; latents are 8 x 8 x 16 per latent frame
+FRAMES = 17  # 5 latent frames; the transformer sees 5 x 4 x 4 = 80 tokens
+FPS = 8
+CFG_DROP = 0.1  # share of captions trained as the empty prompt (the unconditional branch)
+KL_WEIGHT = 1e-6  # as SD's VAE: latents stay near a Gaussian without blurring the pictures
+CAPTION_TOKENS = 16  # a caption is 9 words + </s>; the rest of the 512 are padding
+NUM_TRAIN_TIMESTEPS = WAN_SCHEDULER["num_train_timesteps"]
+GUIDANCE_SCALE = 5.0  # the request default the folder ships
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Steps and batch sizes of the stages (the defaults take ~25 min on a 2-core CPU)."""
+
+    vae_steps: int = 500
+    vae_batch: int = 2
+    # Whole clips (5 latent frames) at whole size, what it decodes: trained on 9 frames, the
+    # VAE's causal caches drifted to wrong colours by frame 17; on 32 px crops, even frame 0.
+    vae_frames: int = 17
+    vae_crop: int = 64
+    vae_lr: float = 1e-3
+    vae_check: int = 16  # clips the VAE's round trip is judged on (training.json); 0: none
+    latent_pool: int = 2048  # clips encoded once; the transformer trains on them
+    dit_steps: int = 1500
+    dit_batch: int = 24
+    dit_lr: float = 5e-4
+    dit_ema: float = 0.999  # the text encoder and transformer saved are this moving average
+    # Shifts the training sigmas as the folder's scheduler shifts the sampling ones.
+    flow_shift: float = 2.0
+
+
+def configs(vocab_size: int) -> dict[str, dict[str, Any]]:
+    """diffusers-style configs of the three networks (Wan 2.1 architecture, small widths)."""
+    return {
+        "text_encoder": {
+            "architectures": ["UMT5EncoderModel"],
+            "model_type": "umt5",
+            "vocab_size": vocab_size,
+            "d_model": 64,
+            "d_kv": 16,
+            "d_ff": 128,
+            "num_layers": 2,
+            "num_heads": 4,
+            "relative_attention_num_buckets": 32,
+            "relative_attention_max_distance": 128,
+            "feed_forward_proj": "gated-gelu",
+            "layer_norm_epsilon": 1e-6,
+            "pad_token_id": 0,
+            "eos_token_id": 1,
+        },
+        "transformer": {
+            "_class_name": "WanTransformer3DModel",
+            "patch_size": [1, 2, 2],
+            "num_attention_heads": 4,
+            "attention_head_dim": 32,
+            "in_channels": 16,
+            "out_channels": 16,
+            "text_dim": 64,
+            "freq_dim": 64,
+            "ffn_dim": 512,
+            "num_layers": 4,
+            "cross_attn_norm": True,
+            "qk_norm": "rms_norm_across_heads",
+            "eps": 1e-6,
+            "image_dim": None,
+            "added_kv_proj_dim": None,
+            "rope_max_seq_len": 1024,
+        },
+        "vae": {
+            "_class_name": "AutoencoderKLWan",
+            "base_dim": 8,
+            "z_dim": 16,
+            "dim_mult": [1, 2, 2, 2],
+            "num_res_blocks": 1,
+            "attn_scales": [],
+            "temperal_downsample": [False, True, True],
+            "dropout": 0.0,
+            # Set from the trained latents.
+            "latents_mean": [0.0] * 16,
+            "latents_std": [1.0] * 16,
+        },
+    }
+
+
+def train_wan_shapes(
+    out_dir: str | Path, seed: int = 0, budget: Budget = Budget(), dtype: str = "fp32"
+) -> Path:
+    """Trains the demo from scratch (deterministic from `seed`) and writes its folder, the
+    weights stored as `dtype`."""
+    out = Path(out_dir)
+    started = time.monotonic()
+    vocab_size = write_tiny_t5_tokenizer(out / "tokenizer", words=demo_data.VOCABULARY)
+    hf = configs(vocab_size)
+    for i, (name, config) in enumerate(hf.items()):  # random start, in the folder format
+        save_random_component(out / name, config, seed + i)
+    report: dict[str, Any] = {"seed": seed, "budget": budget.__dict__}
+
+    vae = Trainable.of(load_component(out, "vae"))
+    vae.params = _initialised(vae.params, seed)
+    vae.params, history = _train_vae(vae, seed, budget)
+    report["vae"] = summary(history)
+    if budget.vae_check:
+        report["vae"]["round_trip_adherence"] = _round_trip_adherence(
+            vae, seed + 5, budget.vae_check
+        )
+
+    pool, captions = _latent_pool(vae, seed + 2, budget.latent_pool)
+    mean, std = _latent_statistics(pool)
+    hf["vae"]["latents_mean"], hf["vae"]["latents_std"] = mean.tolist(), std.tolist()
+    save_component(out / "vae", hf["vae"], flat_params(vae.params), dtype)
+    pool = (pool - mean) / std
+
+    text = Trainable.of(load_component(out, "text_encoder"))
+    dit = Trainable.of(load_component(out, "transformer"))
+    dit.params = _initialised(dit.params, seed)
+    ids, mask = _token_ids(out / "tokenizer", captions)
+    (text.params, dit.params), history = _train_denoiser(text, dit, pool, ids, mask, seed, budget)
+    report["transformer"] = summary(history)
+    save_component(out / "text_encoder", hf["text_encoder"], flat_params(text.params), dtype)
+    save_component(out / "transformer", hf["transformer"], flat_params(dit.params), dtype)
+
+    write_wan_folder_files(
+        out,
+        WAN21,
+        hf,
+        source="jaxvideo.train.wan_shapes (trained on jaxvideo.demo_data clips)",
+        dtype=dtype,
+        scheduler={**WAN_SCHEDULER, "flow_shift": budget.flow_shift},
+        # What it was trained at: requests that name no size or length get it.
+        defaults={
+            "width": SIZE,
+            "height": SIZE,
+            "num_frames": FRAMES,
+            "fps": FPS,
+            "guidance_scale": GUIDANCE_SCALE,
+        },
+    )
+    report["latents_std"] = [round(v, 4) for v in hf["vae"]["latents_std"]]
+    report["seconds"] = round(time.monotonic() - started, 1)
+    (out / "training.json").write_text(json.dumps(report, indent=2))
+    return out
+
+
+def _initialised(params: nnx.State, seed: int) -> nnx.State:
+    """`params` with what the random demo weights (`save_random_component`) draw as plain
+    weights started as the modules start them: RMS-norm gains (`gamma`, the VAE's) at one,
+    modulation tables (the transformer's) normal over sqrt(width)."""
+    rng = np.random.default_rng(seed + 11)
+
+    def start(path, value):
+        name = next(k.key for k in reversed(path) if isinstance(k, jax.tree_util.DictKey))
+        if name == "gamma":
+            return jnp.ones_like(value)
+        if name == "scale_shift_table":
+            table = rng.standard_normal(value.shape) / np.sqrt(value.shape[-1])
+            return jnp.asarray(table, value.dtype)
+        return value
+
+    return jax.tree_util.tree_map_with_path(start, params)
+
+
+# -- stage 1 and 2: the VAE -----------------------------------------------------------------------
+
+
+def _train_vae(vae: Trainable, seed: int, budget: Budget):
+    def loss(params, x, key):
+        model = vae.module(params)
+        mean, logvar = model.encode(x, unroll=True)
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+        reconstruction = model.decode(z, unroll=True)
+        kl = 0.5 * jnp.mean(mean**2 + jnp.exp(logvar) - 1.0 - logvar)
+        return jnp.mean((reconstruction - x) ** 2) + KL_WEIGHT * kl
+
+    rng = np.random.default_rng(seed + 3)
+
+    def crops() -> Iterator[jax.Array]:
+        size, frames = budget.vae_crop, budget.vae_frames
+        # Clips of the full length, a random stretch of `frames` of them: motion as fast as
+        # the model's videos have.
+        for clips, _ in demo_data.clip_batches(seed, budget.vae_batch, FRAMES, SIZE, SIZE):
+            t = rng.integers(0, FRAMES - frames + 1)
+            y, x = rng.integers(0, SIZE - size + 1, 2)
+            yield pixels(clips[:, t : t + frames, y : y + size, x : x + size])
+
+    batches = crops()
+    return train(vae.params, loss, batches, budget.vae_steps, budget.vae_lr, seed, "vae")
+
+
+def _round_trip_adherence(vae: Trainable, seed: int, count: int) -> float:
+    """The adherence of clips encoded and decoded by the VAE: what it caps the model's at."""
+    from jaxvideo.adherence import adherence, check
+
+    # Unrolled: XLA:CPU takes minutes to compile the scans of 17 frames here.
+    round_trip = jax.jit(
+        lambda params, x: (m := vae.module(params)).decode(m.encode(x, True)[0], True)
+    )
+    clips, captions = next(demo_data.clip_batches(seed, count, FRAMES, SIZE, SIZE))
+    decoded = np.concatenate(
+        [np.asarray(round_trip(vae.params, pixels(clips[i : i + 8]))) for i in range(0, count, 8)]
+    )
+    frames = np.rint((decoded + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+    return round(adherence(check(c, f) for c, f in zip(captions, frames, strict=True)), 4)
+
+
+def _latent_pool(vae: Trainable, seed: int, count: int) -> tuple[np.ndarray, list[str]]:
+    """`count` clips' latent means (unnormalised) and their captions, encoded once."""
+    encode = jax.jit(lambda params, x: vae.module(params).encode(x)[0])
+    latents, captions = [], []
+    for clips, texts in demo_data.clip_batches(seed, min(count, 32), FRAMES, SIZE, SIZE):
+        latents.append(np.asarray(encode(vae.params, pixels(clips))))
+        captions += texts
+        if len(captions) >= count:
+            break
+    return np.concatenate(latents)[:count], captions[:count]
+
+
+def _latent_statistics(latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation (float64) over every clip, frame and place."""
+    flat = latents.reshape(-1, latents.shape[-1]).astype(np.float64)
+    return flat.mean(axis=0), flat.std(axis=0)
+
+
+# -- stage 3: text encoder and transformer ---------------------------------------------------------
+
+
+class _PaddedCrossAttention(nnx.Module):
+    """A transformer block's cross-attention (`WanAttention`) on a context whose last token
+    stands for `copies` identical ones: its attention logit gets log(copies), which gives
+    exactly the softmax over all of them."""
+
+    def __init__(self, attention: nnx.Module, copies: int):
+        self.attention = attention
+        self.log_copies = float(np.log(copies))
+
+    def __call__(self, x, context, image=None, rope=None):
+        a = self.attention
+        q = a._keys(a.norm_q, a.to_q, x)
+        k = a._keys(a.norm_k, a.to_k, context)
+        v = a._split_heads(a.to_v(context))
+        bias = jnp.zeros(context.shape[1], jnp.float32).at[-1].set(self.log_copies)
+        out = dot_product_attention(q, k, v, bias=bias)
+        return a.to_out(out.reshape(*out.shape[:2], -1))
+
+
+def short_context_model(transformer: nnx.Module, rows: int):
+    """`transformer` as the pipeline runs it, fed the first `rows` rows of its context.
+
+    The pipeline's context is the prompt's encoder outputs then zeros, TEXT_LENGTH (512) rows,
+    and every zero row embeds to the same key and value. So the returned function takes the
+    first `rows` (the prompt and some zeros), appends one zero row standing for the other
+    512 - rows and weights its attention as that many: the outputs of the 512-row context at
+    a fraction of the cost (those rows would be most of a training step's work). Call it on a
+    transformer made inside the traced function: it replaces the blocks' cross-attentions.
+    """
+    for block in transformer.blocks:
+        block.attn2 = _PaddedCrossAttention(block.attn2, TEXT_LENGTH - rows)
+
+    def run(x: jax.Array, timestep: jax.Array, context: jax.Array) -> jax.Array:
+        if context.shape[1] != rows:
+            raise ValueError(f"expected a context of {rows} rows, got {context.shape[1]}")
+        return transformer(x, timestep, jnp.pad(context, ((0, 0), (0, 1), (0, 0))))
+
+    return run
+
+
+def _token_ids(tokenizer_dir: Path, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and masks (count + 1, CAPTION_TOKENS) of the captions, then of ""."""
+    distinct = sorted(set(captions)) + [""]
+    ids, mask = t5_token_ids(tokenizer_dir, distinct, CAPTION_TOKENS)
+    if mask[:, -1].any():
+        raise ValueError(f"a caption is longer than {CAPTION_TOKENS} tokens")
+    row = {caption: i for i, caption in enumerate(distinct)}
+    rows = np.asarray([row[c] for c in captions] + [len(distinct) - 1])
+    return ids[rows], mask[rows]
+
+
+def _train_denoiser(
+    text: Trainable,
+    dit: Trainable,
+    pool: np.ndarray,
+    ids: np.ndarray,
+    mask: np.ndarray,
+    seed: int,
+    budget: Budget,
+):
+    """`pool`: normalised latents (N, T, h, w, z); `ids`, `mask`: their captions' tokens and
+    the empty prompt's last."""
+    pool = pool.astype(np.float32)
+    rng = np.random.default_rng(seed + 7)
+    shift = budget.flow_shift
+
+    def batches() -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
+        while True:
+            pick = rng.integers(0, len(pool), budget.dit_batch)
+            rows = np.where(rng.random(len(pick)) < CFG_DROP, len(ids) - 1, pick)
+            yield jnp.asarray(pool[pick]), jnp.asarray(ids[rows]), jnp.asarray(mask[rows])
+
+    def loss(params, batch, key):
+        text_params, dit_params = params
+        latents, tokens, keep = batch
+        u_key, n_key = jax.random.split(key)
+        u = jax.random.uniform(u_key, (latents.shape[0],))
+        sigma = shift * u / (1.0 + (shift - 1.0) * u)  # the scheduler's time shift
+        # The pipeline feeds the transformer floor(1000 sigma) (diffusers' integer timesteps).
+        timestep = jnp.floor(sigma * NUM_TRAIN_TIMESTEPS)
+        noise = jax.random.normal(n_key, latents.shape)
+        s = sigma[:, None, None, None, None]
+        noisy = (1.0 - s) * latents + s * noise
+        context = text.module(text_params)(tokens, keep) * keep[..., None]
+        transformer = short_context_model(dit.module(dit_params), CAPTION_TOKENS)
+        predicted = transformer(noisy, timestep, context)
+        return jnp.mean((predicted - (noise - latents)) ** 2)
+
+    params = (text.params, dit.params)
+    return train(
+        params, loss, batches(), budget.dit_steps, budget.dit_lr, seed, "dit", ema=budget.dit_ema
+    )
