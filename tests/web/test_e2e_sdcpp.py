@@ -48,6 +48,7 @@ def test_capabilities_describe_this_server(server):
         "mask_image",
         "lora",  # the test server has a LoRA folder
         "vae_tiling",
+        "cache",  # ucache and spectrum
     }
     assert all(features[k] for k in working)
     assert not any(v for k, v in features.items() if k not in working)
