@@ -1,7 +1,9 @@
-"""What the demo trainers share: pixels as the networks take them, a stage's loss summary."""
+"""What the demo trainers share: their random start, pixels as the networks take them, a stage's
+loss summary."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -22,3 +24,11 @@ def summary(history) -> dict[str, Any]:
         "final_loss": round(history.mean(100), 5),
         "seconds": round(history.seconds, 1),
     }
+
+
+def random_start(out: Path, configs: dict[str, dict[str, Any]], seed: int) -> None:
+    """Each network of a demo at its random start, in the folder format (seed + its index)."""
+    from jaxvideo.demo import save_random_component
+
+    for i, (name, config) in enumerate(configs.items()):
+        save_random_component(out / name, config, seed + i)

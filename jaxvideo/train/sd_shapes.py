@@ -29,10 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvideo import demo_data
-from jaxvideo.demo import save_random_component
 from jaxvideo.demo_sd import SD1_SCHEDULER, write_sd1_folder_files
 from jaxvideo.tokenizers import PromptTokenizer, write_tiny_clip_tokenizer
 from jaxvideo.train.common import pixels as _pixels
+from jaxvideo.train.common import random_start
 from jaxvideo.train.common import summary as _summary
 from jaxvideo.train.loop import Trainable, flat_params, train
 from jaxvideo.weights import load_component, save_component
@@ -138,8 +138,7 @@ def train_sd_shapes(
     started = time.monotonic()
     vocab_size = write_tiny_clip_tokenizer(out / "tokenizer", words=demo_data.VOCABULARY)
     hf = configs(vocab_size)
-    for i, (name, config) in enumerate(hf.items()):  # random start, in the folder format
-        save_random_component(out / name, config, seed + i)
+    random_start(out, hf, seed)
     report: dict[str, Any] = {"seed": seed, "budget": budget.__dict__}
 
     vae = Trainable.of(load_component(out, "vae"))

@@ -35,13 +35,12 @@ import numpy as np
 from flax import nnx
 
 from jaxvideo import demo_data
-from jaxvideo.demo import save_random_component
 from jaxvideo.demo_wan import WAN_SCHEDULER, write_wan_folder_files
 from jaxvideo.families import WAN21
 from jaxvideo.models.attention import dot_product_attention
 from jaxvideo.pipelines.wan import TEXT_LENGTH
 from jaxvideo.tokenizers import t5_token_ids, write_tiny_t5_tokenizer
-from jaxvideo.train.common import pixels, summary
+from jaxvideo.train.common import pixels, random_start, summary
 from jaxvideo.train.loop import Trainable, flat_params, train
 from jaxvideo.weights import load_component, save_component
 
@@ -140,8 +139,7 @@ def train_wan_shapes(
     started = time.monotonic()
     vocab_size = write_tiny_t5_tokenizer(out / "tokenizer", words=demo_data.VOCABULARY)
     hf = configs(vocab_size)
-    for i, (name, config) in enumerate(hf.items()):  # random start, in the folder format
-        save_random_component(out / name, config, seed + i)
+    random_start(out, hf, seed)
     report: dict[str, Any] = {"seed": seed, "budget": budget.__dict__}
 
     vae = Trainable.of(load_component(out, "vae"))
