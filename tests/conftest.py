@@ -22,12 +22,14 @@ os.environ["JAXVIDEO_STATE_DIR"] = tempfile.mkdtemp(prefix="jaxvideo-state-")
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`--dist loadgroup`), keep each test module on one worker (its
     module fixtures, e.g. converted tiny pipelines, are built once) and every end-to-end web
-    test on one worker (one real server, not one per worker)."""
+    test on one worker (one real server, not one per worker); modules naming the same
+    SERVER_GROUP share a worker too."""
     import pytest
 
     for item in items:
         path = item.path.as_posix()
         # A web module that starts servers of its own (OWN_SERVERS) need not wait for the rest.
         shared = "/tests/web/" in path and not getattr(item.module, "OWN_SERVERS", False)
-        group = "web" if shared else path
+        # Modules sharing a server of their own name its group (SERVER_GROUP).
+        group = "web" if shared else getattr(item.module, "SERVER_GROUP", path)
         item.add_marker(pytest.mark.xdist_group(group))

@@ -27,6 +27,7 @@ from webapp.core.store import JobStore
 from webapp.openai import images, videos
 from webapp.sdapi import routes as sdapi
 from webapp.sdcpp import routes as sdcpp
+from webapp.ui import bp as ui_bp
 
 __all__ = ["create_app", "close_intake", "shutdown"]
 
@@ -45,6 +46,7 @@ BLUEPRINTS: tuple[Blueprint, ...] = (
     videos.bp,
     sdapi.bp,
     sdcpp.bp,
+    ui_bp,  # the web page at / (not an API: not in /openapi.json)
 )
 ROUTE_DOCS = (
     *health.DOCS,

@@ -150,6 +150,7 @@ def train_wan_shapes(
         report["vae"]["round_trip_adherence"] = _round_trip_adherence(
             vae, seed + 5, budget.vae_check
         )
+        log.info("vae round-trip adherence %.3f", report["vae"]["round_trip_adherence"])
 
     pool, captions = _latent_pool(vae, seed + 2, budget.latent_pool)
     mean, std = _latent_statistics(pool)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import resources
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -22,6 +23,7 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 from jaxvideo.config import parse_config
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.serving import Server, serve
 
 LORA_NAME = "tiny_style"  # <lora_dir>/tiny_style.safetensors
@@ -108,6 +110,39 @@ def server(tmp_path_factory, e2e_cache_dir) -> Server:
         handle.lora_dir, handle.input_dir = lora_dir, input_dir
         handle.output_dir = root / "outputs"
         yield handle
+
+
+DEFAULT_SERVER_KEY = "demo-key"
+
+
+@pytest.fixture(scope="session")
+def default_server(tmp_path_factory, e2e_cache_dir) -> Server:
+    """The server a fresh install starts: the packaged default config, untouched, with an API
+    key (JAXVIDEO_API_KEY) so the web page's key prompt is exercised; its `http` session sends
+    the key. Modules using it set SERVER_GROUP = "default-config" (one worker, one server)."""
+    default = resources.files("jaxvideo").joinpath("configs/default.yaml")
+    root = tmp_path_factory.mktemp("default")
+    env = dict(os.environ)
+    # The demo cache is the suite's (the tiny models are built once); outputs stay here.
+    env.update(
+        JAXVIDEO_CACHE_DIR=str(e2e_cache_dir),
+        JAXVIDEO_OUTPUT_DIR=str(root / "outputs"),
+        JAXVIDEO_API_KEY=DEFAULT_SERVER_KEY,
+    )
+    with serve(default, root, env) as handle:
+        handle.http.headers["Authorization"] = f"Bearer {DEFAULT_SERVER_KEY}"
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (tests/support/browser.py), one per module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
 
 
 def read_video(data: bytes, suffix: str, folder: Path) -> tuple[dict, np.ndarray]:

@@ -46,6 +46,19 @@ def test_api_key_is_required_everywhere_but_health(auth_client):
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
 
 
+def test_the_web_page_loads_without_the_key_and_only_from_its_folder(auth_client):
+    # The page asks for the key itself; its files hold no data.
+    page = auth_client.get("/")
+    assert page.status_code == 200 and b'<label for="prompt">Prompt</label>' in page.data
+    assert "script-src" not in page.headers["Content-Security-Policy"]  # default-src 'self'
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    script = auth_client.get("/ui/app.js")
+    assert script.status_code == 200 and script.mimetype == "text/javascript"
+    for escape in ("/ui/../__init__.py", "/ui/%2e%2e/__init__.py", "/ui/nothing.js"):
+        assert auth_client.get(escape).status_code == 404, escape
+    assert auth_client.get("/sdcpp/v1/capabilities").status_code == 401  # the API still asks
+
+
 def test_listed_origins_get_cors_headers_and_others_are_refused(auth_client):
     ui = {"Origin": "https://ui.example", "Access-Control-Request-Headers": "X-Anything"}
     preflight = auth_client.options("/v1/images/generations", headers=ui)

@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-from importlib import resources
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from jaxvideo import adherence, demo_data, quality
-from tests.support.serving import serve
 from tests.web.conftest import read_video
 
 OWN_SERVERS = True
+SERVER_GROUP = "default-config"  # shares the packaged-default server with tests/web/test_ui.py
 IMAGE_MODEL, VIDEO_MODEL = "sd1-shapes-demo", "wan-tiny-demo"
 ADHERENCE_BAR = 0.85
 CACHE_PROMPTS = 8  # per mode, from the evaluation set
@@ -48,15 +46,8 @@ STEPS = {"sample_params": {"sample_steps": 16}}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, e2e_cache_dir):
-    default = resources.files("jaxvideo").joinpath("configs/default.yaml")
-    root = tmp_path_factory.mktemp("default")
-    env = dict(os.environ)
-    env.pop("JAXVIDEO_API_KEY", None)
-    # The demo cache is the suite's (the tiny models are built once); outputs stay here.
-    env.update(JAXVIDEO_CACHE_DIR=str(e2e_cache_dir), JAXVIDEO_OUTPUT_DIR=str(root / "outputs"))
-    with serve(default, root, env) as handle:
-        yield handle
+def server(default_server):
+    return default_server
 
 
 def _image(b64: str) -> np.ndarray:

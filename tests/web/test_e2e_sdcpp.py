@@ -55,6 +55,13 @@ def test_capabilities_describe_this_server(server):
     assert caps["features"] == features
     assert caps["limits"]["max_queue_size"] == 4 and caps["limits"]["max_width"] == 512
     assert caps["loras"] == [{"name": "tiny_style", "path": "tiny_style.safetensors"}]
+    # Per model, what a client (the web page) needs to offer only what the model takes.
+    models = {m["name"]: m for m in caps["models"]}
+    assert models["sd1-tiny-demo"]["defaults_by_mode"] == {"img_gen": caps["defaults"]}
+    assert models["sd1-tiny-demo"]["size_multiple"] == 8
+    wan = models["wan-tiny-demo"]
+    assert wan["frame_multiple"] == 4 and set(wan["defaults_by_mode"]) == set(wan["modes"])
+    assert wan["defaults_by_mode"]["vid_gen"] == caps["defaults_by_mode"]["vid_gen"]
 
 
 def test_job_goes_queued_generating_completed(server):

@@ -15,7 +15,10 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp.core.errors import ApiError
 
-PUBLIC_PATHS = frozenset(("/health",))
+# Reachable without the API key: the health probe, and the web page, which asks for the key
+# itself (its files hold no data; every API call it makes sends the key).
+PUBLIC_PATHS = frozenset(("/health", "/"))
+PUBLIC_PREFIXES = ("/ui/",)
 # No request schema nests more than a few levels; deeper documents are refused before any code
 # walks them recursively (Python's parser itself fails near 1,000 levels).
 MAX_JSON_DEPTH = 32
@@ -123,10 +126,14 @@ CORS_HEADERS = "Authorization, Content-Type"
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 
 
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
 def install_hooks(app: Flask, api_key: str | None, cors_origins: tuple[str, ...] = ()) -> None:
     """Same-origin by default: a request a browser marks with another site's `Origin` is
     refused (403) unless `cors_origins` lists it ("*": any), and only allowed origins get CORS
-    headers. Then optional Bearer auth on everything but /health."""
+    headers. Then optional Bearer auth on everything but the public paths."""
 
     def allowed(origin: str) -> bool:
         # Same origin by host: behind a TLS proxy the scheme the app sees may differ.
@@ -151,7 +158,7 @@ def install_hooks(app: Flask, api_key: str | None, cors_origins: tuple[str, ...]
             response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
             response.headers["Access-Control-Max-Age"] = "600"
             return response
-        if api_key and request.path not in PUBLIC_PATHS:
+        if api_key and not is_public(request.path):
             header = request.headers.get("Authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(

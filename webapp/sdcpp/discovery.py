@@ -72,6 +72,10 @@ def model_entry(svc: Service, info: ModelInfo) -> dict[str, Any]:
         "features_by_mode": {mode: mode_features(svc, info, mode) for mode in info.modes},
         "cache_modes": list(info.cache_modes),
         "loaded": svc.is_loaded(info.name),
+        # jaxvideo's: what a client (the web page) needs to offer only what the model takes.
+        "size_multiple": info.size_multiple,
+        "frame_multiple": info.frame_multiple,
+        "defaults_by_mode": {mode: MODE_DEFAULTS[mode](svc, info.name) for mode in info.modes},
     }
 
 
