@@ -133,10 +133,40 @@ def test_the_short_training_context_gives_the_pipelines_outputs(tmp_path):
     assert mask[0].sum() == len(caption.split()) + 1 < rows  # the words and </s>
 
 
+def test_the_inflated_wan_vae_is_the_image_vae_frame_by_frame(tmp_path):
+    """Before any training, the video VAE started by `_inflated` encodes latent frame k as the
+    image latent of frame 4k and decodes it to 4 copies of that frame's image decode."""
+    import jax.numpy as jnp
+
+    from jaxvideo.train import wan_shapes
+    from jaxvideo.train.common import random_start
+    from jaxvideo.train.loop import Trainable
+    from jaxvideo.weights import load_component
+
+    random_start(tmp_path, {"vae": wan_shapes.configs(100)["vae"]}, 0)
+    vae = Trainable.of(load_component(tmp_path, "vae"))
+    model = vae.module(wan_shapes._inflated(wan_shapes._initialised(vae.params, 0)))
+    clip = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, 9, 16, 16, 3)), jnp.float32)
+    latents = model.encode(clip, True)[0]
+    decoded = model.decode(latents, True, clip=False)
+    for k in range(latents.shape[1]):
+        image_latent = model.encode(clip[:, 4 * k : 4 * k + 1], True)[0]
+        np.testing.assert_allclose(latents[:, k : k + 1], image_latent, atol=1e-5)
+        image = model.decode(latents[:, k : k + 1], True, clip=False)[:, 0]
+        for t in range(max(0, 4 * k - 3), 4 * k + 1):
+            np.testing.assert_allclose(decoded[:, t], image, atol=1e-5)
+    # A random start is not: its time taps mix neighbouring frames.
+    plain = vae.module(wan_shapes._initialised(vae.params, 0))
+    mixed = plain.encode(clip, True)[0][:, 1:2]
+    assert not np.allclose(mixed, plain.encode(clip[:, 4:5], True)[0], atol=1e-3)
+
+
 def test_a_few_wan_training_steps_write_a_folder_the_pipeline_runs(tmp_path):
     from jaxvideo.train.wan_shapes import Budget, train_wan_shapes
 
     budget = Budget(
+        vae_image_steps=2,
+        vae_image_batch=2,
         vae_steps=2,
         vae_batch=1,
         vae_frames=5,
@@ -148,8 +178,10 @@ def test_a_few_wan_training_steps_write_a_folder_the_pipeline_runs(tmp_path):
     )
     folder = train_wan_shapes(tmp_path / "model", seed=1, budget=budget, dtype="fp16")
     report = json.loads((folder / "training.json").read_text())
-    assert report["vae"]["steps"] == report["transformer"]["steps"] == 2
-    assert np.isfinite([report["vae"]["final_loss"], report["transformer"]["final_loss"]]).all()
+    vae = report["vae"]
+    assert vae["images"]["steps"] == vae["clips"]["steps"] == report["transformer"]["steps"] == 2
+    losses = [vae["images"]["final_loss"], vae["clips"]["final_loss"]]
+    assert np.isfinite([*losses, report["transformer"]["final_loss"]]).all()
     vae_config = json.loads((folder / "vae" / "config.json").read_text())
     assert len(vae_config["latents_std"]) == 16 and min(vae_config["latents_std"]) > 0
     index = json.loads((folder / "model_index.json").read_text())

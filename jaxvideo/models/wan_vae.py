@@ -636,19 +636,21 @@ class AutoencoderKLWan(nnx.Module):
 
     # --- decode ------------------------------------------------------------------------------
 
-    def decode(self, z: jax.Array, unroll: bool = False) -> jax.Array:
+    def decode(self, z: jax.Array, unroll: bool = False, clip: bool = True) -> jax.Array:
         """(B, T, h, w, z_dim) -> (B, 1 + 4 (T - 1), H, W, C) in [-1, 1].
 
         `decode_first` on the first latent frame, then `decode_next` on each later one in a scan
-        (`unroll`: as `encode`).
+        (`unroll`: as `encode`). `clip=False` (training) leaves the range open: a clipped pixel
+        on the wrong side of it gets no gradient and never comes back.
         """
         b, t = z.shape[:2]
-        frames, cache = self.decode_first(z[:, :1], self.init_decode_cache(b, *z.shape[2:4]))
+        cache = self.init_decode_cache(b, *z.shape[2:4])
+        frames, cache = self.decode_first(z[:, :1], cache, clip)
         if t == 1:
             return frames
 
         def step(cache: Cache, zt: jax.Array) -> tuple[Cache, jax.Array]:
-            out, cache = self.decode_next(zt[:, None], cache)
+            out, cache = self.decode_next(zt[:, None], cache, clip)
             return cache, out
 
         _, rest = jax.lax.scan(step, cache, z[:, 1:].swapaxes(0, 1), unroll=unroll)
@@ -664,26 +666,30 @@ class AutoencoderKLWan(nnx.Module):
         shapes = jax.eval_shape(lambda zt: self._decode_chunk(zt, None, first=True)[1], z)
         return tuple(jnp.zeros(s.shape, s.dtype) for s in shapes)
 
-    def decode_first(self, z0: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+    def decode_first(
+        self, z0: jax.Array, cache: Cache, clip: bool = True
+    ) -> tuple[jax.Array, Cache]:
         """The first latent frame (B, 1, h, w, z) -> (B, 1, H, W, C) frames and the new cache.
 
         `cache` must come from `init_decode_cache`.
         """
-        return self._decode_chunk(z0, cache, first=True)
+        return self._decode_chunk(z0, cache, first=True, clip=clip)
 
-    def decode_next(self, zt: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+    def decode_next(
+        self, zt: jax.Array, cache: Cache, clip: bool = True
+    ) -> tuple[jax.Array, Cache]:
         """A later latent frame (B, 1, h, w, z) -> (B, 4, H, W, C) frames and the new cache."""
-        return self._decode_chunk(zt, cache, first=False)
+        return self._decode_chunk(zt, cache, first=False, clip=clip)
 
     def _decode_chunk(
-        self, z: jax.Array, slots: Cache | None, *, first: bool
+        self, z: jax.Array, slots: Cache | None, *, first: bool, clip: bool = True
     ) -> tuple[jax.Array, Cache]:
         if z.shape[1] != 1:
             raise ValueError(f"the Wan VAE decodes one latent frame per chunk, got {z.shape[1]}")
         cache = FeatureCache(slots)
         x = self.decoder(self.post_quant_conv(z.astype(self.dtype)), cache, first)
         x = unpatchify(x, self.config.patch)
-        return jnp.clip(x, -1.0, 1.0), cache.slots()
+        return (jnp.clip(x, -1.0, 1.0) if clip else x), cache.slots()
 
 
 def _build(

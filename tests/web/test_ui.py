@@ -225,6 +225,25 @@ def test_the_form_offers_only_what_the_model_takes(page):
     expect(label("LoRA", exact=True)).to_be_hidden()  # the default config has no LoRA folder
 
 
+def test_reference_images_can_be_dropped_on_their_field(page, tmp_path):
+    page.get_by_label("Model", exact=True).select_option("flux-tiny-demo")
+    picture = io.BytesIO()
+    Image.new("RGB", (32, 32), (0, 128, 255)).save(picture, "PNG")
+    # What a drag from the desktop delivers: a DataTransfer holding files.
+    transfer = page.evaluate_handle(
+        """bytes => { const t = new DataTransfer();
+             for (const name of ['a.png', 'b.png'])
+               t.items.add(new File([new Uint8Array(bytes)], name, {type: 'image/png'}));
+             return t; }""",
+        list(picture.getvalue()),
+    )
+    page.locator('[data-image="ref_images"]').dispatch_event("drop", {"dataTransfer": transfer})
+    previews = page.get_by_role("img", name="Reference images preview")
+    expect(previews).to_have_count(2)
+    page.get_by_role("button", name="Remove Reference images").click()
+    expect(previews).to_have_count(0)
+
+
 def test_a_painted_mask_inpaints_the_init_image(page, tmp_path):
     init = np.zeros((128, 128, 3), np.uint8)
     init[:] = (255, 255, 255)
