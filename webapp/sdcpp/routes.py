@@ -19,7 +19,7 @@ from webapp.core.outputs import DEFAULT_VIDEO_QUALITY, OutputOptions, VideoOutpu
 from webapp.core.results import ImageResult, VideoResult
 from webapp.core.schemas import load
 from webapp.core.service import service
-from webapp.sdcpp.discovery import FEATURES, MODE_DEFAULTS, mode_features, model_entry
+from webapp.sdcpp.discovery import FEATURES, model_entry
 from webapp.sdcpp.schemas import ImgGenSchema, JobSchema, JobSubmittedSchema, VidGenSchema
 from webapp.sdcpp.translate import NAMES, VIDEO_FORMATS, sdcpp_fields, vidgen_fields
 
@@ -41,15 +41,18 @@ def capabilities() -> Response:
     limits = svc.caps.limits
     modes = [mode for mode in FEATURES if any(mode in m.modes for m in svc.models)]
     by_mode = {mode: svc.model_for(mode) for mode in modes}
-    defaults = {mode: MODE_DEFAULTS[mode](svc, model.name) for mode, model in by_mode.items()}
-    features = {mode: mode_features(svc, model, mode) for mode, model in by_mode.items()}
+    entries = {m.name: model_entry(svc, m) for m in svc.models}
+    # Each mode's defaults and features are its default model's, already in that model's entry.
+    default_entries = {mode: entries[model.name] for mode, model in by_mode.items()}
+    defaults = {mode: e["defaults_by_mode"][mode] for mode, e in default_entries.items()}
+    features = {mode: e["features_by_mode"][mode] for mode, e in default_entries.items()}
     formats = {"img_gen": list(IMAGE_FORMATS), "vid_gen": list(VIDEO_FORMATS)}
     current = info.modes[0]
     own = svc.caps.for_model(info)
     return jsonify(
         {
             "model": {"name": info.name, "stem": info.name, "path": info.path},
-            "models": [model_entry(svc, m) for m in svc.models],
+            "models": list(entries.values()),
             "current_mode": current,
             "supported_modes": modes,
             "defaults": defaults[current],

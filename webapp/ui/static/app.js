@@ -2,12 +2,11 @@
 // async API, and wires the queue panel, the gallery, the mask painter and the API-key dialog.
 
 import { api, apiKey, setApiKey } from "./api.js";
+import { $ } from "./dom.js";
 import { GenerationForm } from "./form.js";
 import { Gallery } from "./gallery.js";
 import { JobPanel } from "./jobs.js";
 import { MaskPainter } from "./mask.js";
-
-const $ = (id) => document.getElementById(id);
 
 const form = new GenerationForm($("generate-form"));
 const gallery = new Gallery($("results"), $("results-empty"), reuse);

@@ -2,9 +2,9 @@
 // model takes (fields marked data-feature / data-mode are hidden otherwise), fills itself from
 // the model's defaults, turns into a native img_gen / vid_gen request, and fills back from one.
 
+import { $, button } from "./dom.js";
 import { readImages } from "./images.js";
 
-const $ = (id) => document.getElementById(id);
 const ASPECTS = [[1, 1], [4, 3], [3, 4], [16, 9], [9, 16]];
 
 export class GenerationForm {
@@ -167,16 +167,10 @@ export class GenerationForm {
     $("lora-list").replaceChildren(...this.loras.map((lora) => {
       const item = document.createElement("li");
       item.textContent = `${lora.path} × ${lora.multiplier}`;
-      const remove = document.createElement("button");
-      remove.type = "button";
-      remove.className = "quiet";
-      remove.textContent = "Remove";
-      remove.setAttribute("aria-label", `Remove LoRA ${lora.path}`);
-      remove.addEventListener("click", () => {
+      item.append(button("Remove", () => {
         this.loras = this.loras.filter((l) => l !== lora);
         this.renderLoras();
-      });
-      item.append(remove);
+      }, `Remove LoRA ${lora.path}`));
       return item;
     }));
   }
@@ -216,16 +210,10 @@ export class GenerationForm {
       return img;
     }));
     if (urls.length) {
-      const clear = document.createElement("button");
-      clear.type = "button";
-      clear.className = "quiet";
-      clear.textContent = "Remove";
-      clear.setAttribute("aria-label", `Remove ${box.querySelector("label").textContent}`);
-      clear.addEventListener("click", () => {
+      preview.append(button("Remove", () => {
         box.querySelector("input[type=file]").value = "";
         this.setImage(field, null);
-      });
-      preview.append(clear);
+      }, `Remove ${box.querySelector("label").textContent}`));
     }
     $("mask-paint").disabled = !this.images.init_image;
   }

@@ -2,6 +2,8 @@
 // survives a reload (and the server's job retention): newest first, each with download,
 // "Reuse parameters" and "Delete".
 
+import { button } from "./dom.js";
+
 const DB_NAME = "jaxvideo";
 const STORE = "results";
 
@@ -125,14 +127,4 @@ function mediaElement(record, item, url) {
   img.alt = label;
   img.loading = "lazy";
   return img;
-}
-
-function button(text, onClick, label) {
-  const el = document.createElement("button");
-  el.type = "button";
-  el.className = "quiet";
-  el.textContent = text;
-  if (label) el.setAttribute("aria-label", label);
-  el.addEventListener("click", onClick);
-  return el;
 }

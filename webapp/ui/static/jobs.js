@@ -3,6 +3,7 @@
 // Unfinished jobs are remembered in localStorage, so a reload picks up their polling.
 
 import { api } from "./api.js";
+import { button } from "./dom.js";
 import { base64Blob, IMAGE_TYPES } from "./images.js";
 
 const PENDING = "jaxvideo.pendingJobs";
@@ -135,11 +136,8 @@ export class JobPanel {
     status.textContent = "Submitted";
     const error = document.createElement("p");
     error.className = "job-error error";
-    const cancel = document.createElement("button");
-    cancel.type = "button";
-    cancel.className = "cancel quiet";
-    cancel.textContent = "Cancel";
-    cancel.addEventListener("click", () => this.cancel(job));
+    const cancel = button("Cancel", () => this.cancel(job));
+    cancel.classList.add("cancel");
     el.append(title, bar, status, error, cancel);
     return el;
   }

@@ -2,7 +2,7 @@
 // size; painted pixels are opaque white on transparent, which the server reads as "repaint
 // here" (a mask with transparency is its alpha channel).
 
-const $ = (id) => document.getElementById(id);
+import { $ } from "./dom.js";
 
 export class MaskPainter {
   constructor(onDone) {
