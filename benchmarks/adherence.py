@@ -77,6 +77,11 @@ def evaluate(
         "prompts": prompts,
         "fields": fields or {},
         "adherence": round(adherence.adherence(verdicts), 4),
+        # Each attribute alone: what a model gets right before it follows whole prompts.
+        "by_attribute": {
+            check.name: round(adherence.attribute_adherence(verdicts, [check.name]), 4)
+            for check in verdicts[0].checks
+        },
         "seconds": round(time.monotonic() - started, 1),
         "failures": [str(v) for v in verdicts if not v.passed],
     }

@@ -18,6 +18,7 @@ import argparse
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,9 +31,10 @@ def _engine(model: str):
     from jaxvideo.engine import Engine
     from jaxvideo.families import demo_builder
 
-    family = (
-        demo_builder(model.removeprefix("demo:"))[0].name if model.startswith("demo:") else "sd1"
-    )
+    if model.startswith("demo:"):
+        family = demo_builder(model.removeprefix("demo:"))[0].name
+    else:  # a converted folder says its family
+        family = json.loads((Path(model) / "model_index.json").read_text())["family"]
     return Engine(config_from_dict({"models": [{"name": "m", "family": family, "path": model}]}))
 
 

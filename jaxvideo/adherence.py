@@ -379,6 +379,16 @@ def check(prompt: str, image_or_frames: np.ndarray) -> Verdict:
     return Verdict(prompt, tuple(checks), described)
 
 
+def attribute_adherence(results: Iterable[Verdict], names: Iterable[str]) -> float:
+    """Share of `results` whose checks of the attributes `names` (say "color", "background")
+    all pass: what a model gets right when it does not yet follow whole prompts."""
+    wanted = set(names)
+    results = list(results)
+    if not results:
+        raise ValueError("no verdicts to score")
+    return sum(not wanted & set(v.mismatches) for v in results) / len(results)
+
+
 def adherence(results: Iterable[Verdict]) -> float:
     """The fraction of verdicts that passed."""
     verdicts = list(results)

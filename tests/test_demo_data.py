@@ -12,7 +12,14 @@ import pytest
 from PIL import Image, ImageFilter
 
 from jaxvideo import demo_data
-from jaxvideo.adherence import adherence, check, describe_image, describe_video, largest_component
+from jaxvideo.adherence import (
+    adherence,
+    attribute_adherence,
+    check,
+    describe_image,
+    describe_video,
+    largest_component,
+)
 from jaxvideo.demo_data import (
     COLORS,
     DIRECTIONS,
@@ -253,6 +260,26 @@ def test_a_mismatched_prompt_fails_naming_the_attribute():
     # An image shows no motion at all.
     assert check(clip.caption, video[0]).mismatches == ("direction",)
     assert describe_video(np.stack([video[0]] * 9)).direction is None
+
+
+def test_attribute_adherence_scores_only_the_attributes_named():
+    image = render(Scene("triangle", "orange", "yellow", 0.4, 0.6, 0.45), 64, 64)
+    verdicts = [
+        check(prompt, image)
+        for prompt in (
+            "a orange triangle on a yellow background",  # right
+            "a orange circle on a yellow background",  # shape wrong
+            "a red circle on a yellow background",  # colour and shape wrong
+            "a orange circle on a white background",  # shape and background wrong
+        )
+    ]
+    assert adherence(verdicts) == 0.25
+    assert attribute_adherence(verdicts, ["color", "background"]) == 0.5
+    assert attribute_adherence(verdicts, ["color"]) == 0.75
+    assert attribute_adherence(verdicts, ["shape"]) == 0.25
+    assert attribute_adherence(verdicts, []) == 1.0
+    with pytest.raises(ValueError):
+        attribute_adherence([], ["color"])
 
 
 def test_noise_and_empty_pictures_show_no_shape():

@@ -133,6 +133,60 @@ def test_the_short_training_context_gives_the_pipelines_outputs(tmp_path):
     assert mask[0].sum() == len(caption.split()) + 1 < rows  # the words and </s>
 
 
+def test_the_wan_trainers_text_encoder_starts_knowing_word_order(tmp_path):
+    # At a random start UMT5's relative-position tables are near zero: a bag of words, where
+    # the rows of "a red circle ... on a blue background" and of the caption with the colours
+    # swapped differ only at the colour words. The trainer's local heads tell them apart.
+    import jax.numpy as jnp
+
+    from jaxvideo.train import wan_shapes
+    from jaxvideo.train.common import random_start
+    from jaxvideo.train.loop import Trainable
+    from jaxvideo.weights import load_component
+
+    tokenizer = tmp_path / "tokenizer"
+    configs = wan_shapes.configs(write_tiny_t5_tokenizer(tokenizer, words=demo_data.VOCABULARY))
+    random_start(tmp_path, {"text_encoder": configs["text_encoder"]}, 0)
+    text = Trainable.of(load_component(tmp_path, "text_encoder"))
+    captions = [
+        "a red circle moving left on a blue background",
+        "a blue circle moving left on a red background",
+    ]
+    ids, mask = wan_shapes._token_ids(tokenizer, captions)
+    ids, mask = jnp.asarray(ids[:2]), jnp.asarray(mask[:2])
+
+    def circle_rows_apart(params) -> float:
+        rows = np.asarray(text.module(params)(ids, mask))
+        circle = rows[:, 2]  # "a red circle": the shape's row
+        return float(np.linalg.norm(circle[0] - circle[1]) / np.linalg.norm(circle[0]))
+
+    bag, local = (
+        circle_rows_apart(text.params),
+        circle_rows_apart(wan_shapes._text_encoder_start(text.params)),
+    )
+    assert local > 0.3 and local > 10 * bag, (bag, local)
+
+
+def test_the_wan_trainers_transformer_starts_as_adaln_zero(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxvideo.train import wan_shapes
+    from jaxvideo.train.common import random_start
+    from jaxvideo.train.loop import Trainable
+    from jaxvideo.weights import load_component
+
+    random_start(tmp_path, {"transformer": wan_shapes.configs(100)["transformer"]}, 0)
+    dit = Trainable.of(load_component(tmp_path, "transformer"))
+    x = jax.random.normal(jax.random.key(1), (1, 2, 8, 8, 16))
+    t, context = jnp.asarray([500.0]), jax.random.normal(jax.random.key(2), (1, 12, 64))
+    start = wan_shapes._transformer_start(wan_shapes._initialised(dit.params, 0))
+    assert np.abs(np.asarray(dit.module(dit.params)(x, t, context))).max() > 0.1
+    assert not np.asarray(dit.module(start)(x, t, context)).any()  # the first prediction: 0
+    gains = start["blocks"][0]["attn2"]["norm_k"]["scale"][...]
+    assert np.all(np.asarray(gains) == wan_shapes.CROSS_ATTENTION_GAIN)
+
+
 def test_the_inflated_wan_vae_is_the_image_vae_frame_by_frame(tmp_path):
     """Before any training, the video VAE started by `_inflated` encodes latent frame k as the
     image latent of frame 4k and decodes it to 4 copies of that frame's image decode."""

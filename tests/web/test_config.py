@@ -24,7 +24,7 @@ def test_default_config_serves_the_demo_models(monkeypatch):
     config = load_config()
     assert config.models == (
         ModelSpec("sd1-shapes-demo", "sd1", "demo:sd1-shapes", "auto"),
-        ModelSpec("wan-tiny-demo", "wan21", "demo:wan-tiny", "auto"),
+        ModelSpec("wan-shapes-demo", "wan21", "demo:wan-shapes", "auto"),
         ModelSpec("wan22-tiny-demo", "wan22", "demo:wan22-tiny", "auto"),
         ModelSpec("flux-tiny-demo", "flux", "demo:flux-tiny", "auto"),
         ModelSpec("sd3-tiny-demo", "sd3", "demo:sd3-tiny", "auto"),

@@ -6,12 +6,16 @@ told, and its step caches skip denoiser calls within their measured quality boun
   ADHERENCE_BAR of the time, judged by the deterministic checker in `jaxvideo.adherence`,
   through the OpenAI images route with the server's own defaults. (The issue's target is 90%;
   the shipped model measures 75-90% depending on the prompt set: docs/PERFORMANCE.md.)
-- Its cache modes (`/sdcpp/v1/capabilities`) run through the native async API and an OpenAI
-  prompt's `sd_cpp_extra_args` block: each skips at least a third of the denoiser calls
-  (>= 1.5x fewer) and stays within SSIM 0.9 of the uncached pictures with the same seed, with
-  adherence unchanged (figures per mode: docs/PERFORMANCE.md, `benchmarks/step_cache.py`).
-- Every mode the tiny random-weight DiTs (Flux, SD3.5, Wan) advertise runs and skips, through
-  the native routes and FastVideo's `enable_teacache`.
+- Its video model is the trained Wan 2.1 shapes demo. Its videos do not follow whole prompts
+  yet (the shape's class and its motion are not learnt: docs/PERFORMANCE.md); what the test
+  holds it to is what it does learn, the shape's and the background's colours.
+- The cache modes of both (`/sdcpp/v1/capabilities`) run through the native async API (and,
+  for images, an OpenAI prompt's `sd_cpp_extra_args` block): each skips at least a third of
+  the denoiser calls (>= 1.5x fewer) and stays within SSIM 0.9 of the uncached outputs with
+  the same seed, with adherence unchanged (figures per mode: docs/PERFORMANCE.md,
+  `benchmarks/step_cache.py`).
+- Every mode the tiny random-weight image DiTs (Flux, SD3.5) advertise runs and skips, and
+  FastVideo's `enable_teacache` skips on the Wan demo.
 """
 
 from __future__ import annotations
@@ -28,15 +32,17 @@ from tests.web.conftest import read_video
 
 OWN_SERVERS = True
 SERVER_GROUP = "default-config"  # shares the packaged-default server with tests/web/test_ui.py
-IMAGE_MODEL, VIDEO_MODEL = "sd1-shapes-demo", "wan-tiny-demo"
+IMAGE_MODEL, VIDEO_MODEL = "sd1-shapes-demo", "wan-shapes-demo"
 ADHERENCE_BAR = 0.85
+COLORS = ("color", "background")  # what the video demo gets right (see the module docstring)
+COLOR_BAR = 0.75  # of its videos with both colours right (measured: 83-88%)
 CACHE_PROMPTS = 8  # per mode, from the evaluation set
 # The caches are measured with a deterministic sampler: an ancestral one draws new noise each
 # step, which a skipped call cannot reproduce (docs/PERFORMANCE.md has both).
 CACHE_SAMPLER = {"sample_params": {"sample_method": "euler"}}
 DIT_MODES = ["easycache", "dbcache", "taylorseer", "cache-dit", "spectrum"]
-# Random-weight DiTs change their prediction fast, so the threshold modes get loose thresholds
-# there; what those tests show is that every advertised mode runs and skips on each family.
+# Random-weight DiTs (the image ones) change their prediction fast, so the threshold modes get
+# loose thresholds there; what those tests show is that every advertised mode runs and skips.
 LOOSE = {
     "easycache": "threshold=2",
     "dbcache": "threshold=0.5,warmup=2",
@@ -95,7 +101,9 @@ def _native_image(server, body: dict) -> tuple[np.ndarray, dict]:
     return _image(job["result"]["images"][0]["b64_json"]), job["result"]
 
 
-def _check_cache(prompts, plain, cached, infos, mode):
+def _check_cache(prompts, plain, cached, infos, mode, attributes=None):
+    """>= 1.5x fewer calls, mean SSIM >= 0.9 against `plain`, adherence (of `attributes`
+    only, when given) at most one prompt lower."""
     calls = sum(i["denoiser_calls"] for i in infos)
     computed = sum(i["computed"] for i in infos)
     assert all(i["mode"] == mode for i in infos)
@@ -103,8 +111,14 @@ def _check_cache(prompts, plain, cached, infos, mode):
     similarity = [quality.ssim(a, b) for a, b in zip(plain, cached, strict=True)]
     assert np.mean(similarity) >= 0.9, (mode, similarity)
     texts = [prompt for prompt, _ in prompts]
-    before = adherence.adherence(map(adherence.check, texts, plain))
-    after = adherence.adherence(map(adherence.check, texts, cached))
+
+    def score(outputs):
+        verdicts = list(map(adherence.check, texts, outputs))
+        if attributes is None:
+            return adherence.adherence(verdicts)
+        return adherence.attribute_adherence(verdicts, attributes)
+
+    before, after = score(plain), score(cached)
     assert after >= before - 1 / len(prompts), (mode, before, after)
 
 
@@ -145,19 +159,46 @@ def test_an_openai_image_request_caches_through_sd_cpp_extra_args(server):
     assert refused.json()["error"]["param"] == "sd_cpp_extra_args.cache_mode"
 
 
-def test_every_mode_runs_and_skips_on_the_tiny_wan(server, tmp_path):
+def test_the_default_video_model_paints_the_colours_it_is_told(server, tmp_path):
+    verdicts = []
+    for prompt, seed in demo_data.eval_prompts("video", 12, seed=0):
+        frames, _ = _video(server, {"prompt": prompt, "seed": seed}, tmp_path)
+        verdicts.append(adherence.check(prompt, frames))
+    failed = [str(v) for v in verdicts if not v.passed]
+    assert adherence.attribute_adherence(verdicts, COLORS) >= COLOR_BAR, failed
+
+
+@pytest.fixture(scope="module")
+def uncached_videos(server, tmp_path_factory):
+    """The cache tests' prompts and their videos without a cache."""
+    prompts = demo_data.eval_prompts("video", CACHE_PROMPTS, seed=0)
+    folder = tmp_path_factory.mktemp("uncached")
+    videos = []
+    for prompt, seed in prompts:
+        frames, result = _video(server, {"prompt": prompt, "seed": seed}, folder)
+        assert "step_cache" not in result
+        videos.append(frames)
+    return prompts, videos
+
+
+@pytest.mark.parametrize("mode", [*DIT_MODES, "teacache"])
+def test_video_cache_modes_skip_steps_within_their_bounds(server, uncached_videos, mode, tmp_path):
     entry = next(
         m for m in server.get("/sdcpp/v1/capabilities").json()["models"] if m["name"] == VIDEO_MODEL
     )
     assert entry["cache_modes"] == [*DIT_MODES, "teacache"]
-    for mode in entry["cache_modes"]:
-        body = {"prompt": "a train", "seed": 4, "cache_mode": mode, **STEPS}
-        _, result = _video(server, {**body, "cache_option": LOOSE.get(mode, "")}, tmp_path)
-        assert result["step_cache"]["skipped"] > 0, (mode, result["step_cache"])
+    prompts, plain = uncached_videos
+    cached, infos = [], []
+    for prompt, seed in prompts:
+        body = {"prompt": prompt, "seed": seed, "cache_mode": mode}
+        frames, result = _video(server, body, tmp_path)
+        cached.append(frames)
+        infos.append(result["step_cache"])
+    _check_cache(prompts, plain, cached, infos, mode, COLORS)
 
 
 def test_fastvideo_enable_teacache_skips_steps(server, tmp_path):
-    body = {"model": VIDEO_MODEL, "prompt": "a train at dusk"}
+    body = {"model": VIDEO_MODEL, "prompt": "a red circle moving up on a white background"}
     finished = []
     for teacache in (False, True):
         created = server.post(
@@ -168,8 +209,9 @@ def test_fastvideo_enable_teacache_skips_steps(server, tmp_path):
         content = server.get(f"/v1/videos/{created.json()['id']}/content")
         assert content.status_code == 200
         finished.append(read_video(content.content, "mp4", tmp_path)[1])
-    # Random weights: no quality bound, but a skipped call changes the video.
+    # A skipped call changes the video, a little (teacache's bound: the test above).
     assert finished[0].shape == finished[1].shape and not np.array_equal(*finished)
+    assert quality.ssim(*finished) >= 0.8
 
 
 @pytest.mark.parametrize("model", ["flux-tiny-demo", "sd3-tiny-demo"])

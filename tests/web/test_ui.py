@@ -27,7 +27,7 @@ from tests.web.conftest import DEFAULT_SERVER_KEY
 
 OWN_SERVERS = True
 SERVER_GROUP = "default-config"  # the packaged-default server of test_e2e_demo_models.py
-IMAGE_MODEL, VIDEO_MODEL = "sd1-shapes-demo", "wan-tiny-demo"
+IMAGE_MODEL, VIDEO_MODEL = "sd1-shapes-demo", "wan-shapes-demo"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 WAIT_MS = 240_000  # a generation may compile its programs first
