@@ -25,22 +25,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from jaxvideo import adherence, demo_data
-from jaxvideo.families import FamilySpec
+from jaxvideo import adherence, demo_data, families
+from jaxvideo.config import family_of
 
 CAPTION_H = 28  # pixels of caption under each picture in the grid
-
-
-def model_family(model: str) -> FamilySpec:
-    """The family of `model`: a demo's row, else the one its folder's model_index.json names
-    (sd1 where it names none)."""
-    from jaxvideo.families import demo_builder, family
-
-    if model.startswith("demo:"):
-        return demo_builder(model.removeprefix("demo:"))[0]
-    index = Path(model) / "model_index.json"
-    name = json.loads(index.read_text()).get("family") if index.is_file() else None
-    return family(name or "sd1")
 
 
 def evaluate(
@@ -55,7 +43,7 @@ def evaluate(
     from jaxvideo.engine import Engine
     from jaxvideo.request import build_request
 
-    family = model_family(model)
+    family = families.family(family_of(model))
     config = config_from_dict({"models": [{"name": "demo", "family": family.name, "path": model}]})
     engine = Engine(config)
     defaults = engine.model_info("demo").defaults

@@ -18,7 +18,6 @@ import argparse
 import json
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,14 +26,10 @@ from jaxvideo import adherence, demo_data, quality
 
 
 def _engine(model: str):
-    from jaxvideo.config import config_from_dict
+    from jaxvideo.config import config_from_dict, family_of
     from jaxvideo.engine import Engine
-    from jaxvideo.families import demo_builder
 
-    if model.startswith("demo:"):
-        family = demo_builder(model.removeprefix("demo:"))[0].name
-    else:  # a converted folder says its family
-        family = json.loads((Path(model) / "model_index.json").read_text())["family"]
+    family = family_of(model)
     return Engine(config_from_dict({"models": [{"name": "m", "family": family, "path": model}]}))
 
 

@@ -26,10 +26,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from jaxvideo.config import DEMO_PREFIX, ConfigError, config_from_dict, load_config
+from jaxvideo.config import DEMO_PREFIX, ConfigError, config_from_dict, family_of, load_config
 from jaxvideo.convert import cli as convert_cli
 from jaxvideo.errors import InvalidRequest
-from jaxvideo.families import FAMILY_NAMES, SD1, demo_builder
+from jaxvideo.families import FAMILY_NAMES
 from jaxvideo.media import encode_image, encode_video
 from jaxvideo.request import build_request
 from jaxvideo.train import cli as train_cli
@@ -99,19 +99,9 @@ def _serve_config(args: argparse.Namespace):
     if args.config:
         return load_config(args.config)
     model = args.model or f"{DEMO_PREFIX}sd1-tiny"
-    family = args.family or _family_of(model)
+    family = args.family or family_of(model)
     raw = {"models": [{"name": "cli", "family": family, "path": model, "dtype": args.dtype}]}
     return config_from_dict(raw, base_dir=Path.cwd(), source="command line")
-
-
-def _family_of(model: str) -> str:
-    """The family a demo name or a converted folder's model_index.json records."""
-    if model.startswith(DEMO_PREFIX):
-        return demo_builder(model[len(DEMO_PREFIX) :])[0].name
-    index = Path(model).expanduser() / "model_index.json"
-    if not index.is_file():
-        raise FileNotFoundError(f"{model} is not a converted jaxvideo model (no model_index.json)")
-    return json.loads(index.read_text()).get("family") or SD1.name
 
 
 def _check_output(output: Path) -> None:

@@ -8,6 +8,7 @@ default. No Flask and no JAX in here: the web layer and the engine both read it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import types
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from typing import Any
 import yaml
 
 from jaxvideo.errors import InvalidRequest
-from jaxvideo.families import FAMILY_NAMES, FamilySpec, family
+from jaxvideo.families import FAMILY_NAMES, SD1, FamilySpec, demo_builder, family
 from jaxvideo.request import GenerationRequest, check_ranges
 
 # "auto": bf16 on accelerators (GPU/TPU), fp32 on CPU, decided when the model loads.
@@ -32,6 +33,17 @@ DEMO_PREFIX = "demo:"
 DEFAULT_CONFIG_RESOURCE = "configs/default.yaml"
 DEFAULT_OUTPUT_DIR = "~/.cache/jaxvideo/outputs"
 DEFAULT_STATE_DIR = "~/.cache/jaxvideo/state"
+
+
+def family_of(model: str) -> str:
+    """The family a model path holds: a demo's row for `demo:<name>`, else what the converted
+    folder's model_index.json records (sd1 where it records none)."""
+    if model.startswith(DEMO_PREFIX):
+        return demo_builder(model[len(DEMO_PREFIX) :])[0].name
+    index = Path(model).expanduser() / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{model} is not a converted jaxvideo model (no model_index.json)")
+    return json.loads(index.read_text()).get("family") or SD1.name
 
 
 class ConfigError(ValueError):

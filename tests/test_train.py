@@ -162,7 +162,7 @@ def test_the_wan_trainers_text_encoder_starts_knowing_word_order(tmp_path):
 
     bag, local = (
         circle_rows_apart(text.params),
-        circle_rows_apart(wan_shapes._text_encoder_start(text.params)),
+        circle_rows_apart(wan_shapes._text_encoder_start(text.params, configs["text_encoder"])),
     )
     assert local > 0.3 and local > 10 * bag, (bag, local)
 

@@ -165,7 +165,7 @@ def train_wan_shapes(
     pool = (pool - mean) / std
 
     text = Trainable.of(load_component(out, "text_encoder"))
-    text.params = _text_encoder_start(text.params)
+    text.params = _text_encoder_start(text.params, hf["text_encoder"])
     dit = Trainable.of(load_component(out, "transformer"))
     dit.params = _transformer_start(_initialised(dit.params, seed))
     ids, mask = _token_ids(out / "tokenizer", captions)
@@ -243,7 +243,7 @@ def _transformer_start(params: nnx.State) -> nnx.State:
     return jax.tree_util.tree_map_with_path(start, params)
 
 
-def _text_encoder_start(params: nnx.State) -> nnx.State:
+def _text_encoder_start(params: nnx.State, config: dict[str, Any]) -> nnx.State:
     """The text encoder's relative-position tables started as local heads: head 0 attends to
     the previous word, head 1 to the next, heads 2 and 3 two words back and ahead.
 
@@ -255,7 +255,10 @@ def _text_encoder_start(params: nnx.State) -> nnx.State:
     "background") from the first step."""
     from jaxvideo.models.t5 import relative_position_buckets
 
-    buckets = relative_position_buckets(5, 32, 128)[2]  # relative -2 .. 2 from position 2
+    # The buckets of relative positions -2 .. 2 (seen from position 2), as the config sets them.
+    buckets = relative_position_buckets(
+        5, config["relative_attention_num_buckets"], config["relative_attention_max_distance"]
+    )[2]
 
     def start(path, value):
         if "relative_attention_bias" not in _names(path):
