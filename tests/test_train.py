@@ -216,7 +216,7 @@ def test_the_inflated_wan_vae_is_the_image_vae_frame_by_frame(tmp_path):
 
 
 def test_a_few_wan_training_steps_write_a_folder_the_pipeline_runs(tmp_path):
-    from jaxvideo.train.wan_shapes import Budget, train_wan_shapes
+    from jaxvideo.train.wan_shapes import FRAMES, Budget, train_wan_shapes
 
     budget = Budget(
         vae_image_steps=2,
@@ -240,7 +240,7 @@ def test_a_few_wan_training_steps_write_a_folder_the_pipeline_runs(tmp_path):
     assert len(vae_config["latents_std"]) == 16 and min(vae_config["latents_std"]) > 0
     index = json.loads((folder / "model_index.json").read_text())
     assert index["family"] == "wan21" and index["dtype"] == "fp16"
-    assert index["defaults"]["num_frames"] == 17
+    assert index["defaults"]["num_frames"] == FRAMES
 
     from jaxvideo.config import config_from_dict
     from jaxvideo.engine import Engine
@@ -256,7 +256,7 @@ def test_a_few_wan_training_steps_write_a_folder_the_pipeline_runs(tmp_path):
         engine.model_info("shapes").defaults,
     )
     (video,) = engine.generate(request).videos
-    assert video.shape == (17, 64, 64, 3) and video.dtype == np.uint8
+    assert video.shape == (FRAMES, 64, 64, 3) and video.dtype == np.uint8
 
 
 def test_a_stale_cached_copy_of_a_shipped_demo_is_replaced(tmp_path, monkeypatch):

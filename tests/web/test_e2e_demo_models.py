@@ -7,8 +7,9 @@ told, and its step caches skip denoiser calls within their measured quality boun
   through the OpenAI images route with the server's own defaults. (The issue's target is 90%;
   the shipped model measures 75-90% depending on the prompt set: docs/PERFORMANCE.md.)
 - Its video model is the trained Wan 2.1 shapes demo. Its videos do not follow whole prompts
-  yet (the shape's class and its motion are not learnt: docs/PERFORMANCE.md); what the test
-  holds it to is what it does learn, the shape's and the background's colours.
+  yet (its shapes are right little more often than chance and they do not move:
+  docs/PERFORMANCE.md); what the test holds it to is what it does learn, the shape's and the
+  background's colours.
 - The cache modes of both (`/sdcpp/v1/capabilities`) run through the native async API (and,
   for images, an OpenAI prompt's `sd_cpp_extra_args` block): each skips at least a third of
   the denoiser calls (>= 1.5x fewer) and stays within SSIM 0.9 of the uncached outputs with
@@ -35,7 +36,7 @@ SERVER_GROUP = "default-config"  # shares the packaged-default server with tests
 IMAGE_MODEL, VIDEO_MODEL = "sd1-shapes-demo", "wan-shapes-demo"
 ADHERENCE_BAR = 0.85
 COLORS = ("color", "background")  # what the video demo gets right (see the module docstring)
-COLOR_BAR = 0.75  # of its videos with both colours right (measured: 83-88%)
+COLOR_BAR = 0.9  # of its videos with both colours right (measured: 12 of 12; 94-96% of 48)
 CACHE_PROMPTS = 8  # per mode, from the evaluation set
 # The caches are measured with a deterministic sampler: an ancestral one draws new noise each
 # step, which a skipped call cannot reproduce (docs/PERFORMANCE.md has both).
