@@ -9,7 +9,7 @@ outputs against the uncached ones, and the adherence of both (`jaxvideo.adherenc
 
     python benchmarks/step_cache.py                                     # demo:sd1-shapes
     python benchmarks/step_cache.py --model demo:wan-shapes --prompts 8
-    python benchmarks/step_cache.py --modes ucache --option threshold=2 --sampler euler
+    python benchmarks/step_cache.py --modes ucache --option threshold=2 --sampler euler --cfg 2
 """
 
 from __future__ import annotations
@@ -78,12 +78,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--prompts", type=int, default=12)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--sampler")
+    parser.add_argument("--cfg", type=float, dest="guidance_scale")
     args = parser.parse_args(argv)
     engine = _engine(args.model)
     info = engine.model_info("m")
     kind = "video" if "vid_gen" in info.modes else "image"
     prompts = demo_data.eval_prompts(kind, args.prompts, 0)
-    fields = {k: v for k, v in (("steps", args.steps), ("sampler", args.sampler)) if v}
+    given = (
+        ("steps", args.steps),
+        ("sampler", args.sampler),
+        ("guidance_scale", args.guidance_scale),
+    )
+    fields = {k: v for k, v in given if v}
     run_prompts(engine, prompts[:1], fields)  # compile outside the timings
     outputs, _, seconds = run_prompts(engine, prompts, fields)
     verdicts = [adherence.check(p, o) for (p, _), o in zip(prompts, outputs, strict=True)]

@@ -4,8 +4,8 @@ told, and its step caches skip denoiser calls within their measured quality boun
 - Its first model is the trained SD 1.x shapes demo. Over the fixed evaluation prompts
   (`demo_data.eval_prompts`: every colour and shape) its pictures follow their prompt at least
   ADHERENCE_BAR of the time, judged by the deterministic checker in `jaxvideo.adherence`,
-  through the OpenAI images route with the server's own defaults. (The issue's target is 90%;
-  the shipped model measures 75-90% depending on the prompt set: docs/PERFORMANCE.md.)
+  through the OpenAI images route with the server's own defaults (the issue's 90%; the shipped
+  model measures 92-98% depending on the prompt set: docs/PERFORMANCE.md).
 - Its video model is the trained Wan 2.1 shapes demo. Its videos do not follow whole prompts
   yet (its shapes are right little more often than chance and they do not move:
   docs/PERFORMANCE.md); what the test holds it to is what it does learn, the shape's and the
@@ -34,13 +34,16 @@ from tests.web.conftest import read_video
 OWN_SERVERS = True
 SERVER_GROUP = "default-config"  # shares the packaged-default server with tests/web/test_ui.py
 IMAGE_MODEL, VIDEO_MODEL = "sd1-shapes-demo", "wan-shapes-demo"
-ADHERENCE_BAR = 0.85
+ADHERENCE_BAR = 0.9
+IMAGE_PROMPTS = 48  # measured 47 of 48: room for a miss or two from another CPU's rounding
 COLORS = ("color", "background")  # what the video demo gets right (see the module docstring)
 COLOR_BAR = 0.9  # of its videos with both colours right (measured: 12 of 12; 94-96% of 48)
 CACHE_PROMPTS = 8  # per mode, from the evaluation set
 # The caches are measured with a deterministic sampler: an ancestral one draws new noise each
-# step, which a skipped call cannot reproduce (docs/PERFORMANCE.md has both).
-CACHE_SAMPLER = {"sample_params": {"sample_method": "euler"}}
+# step, which a skipped call cannot reproduce (docs/PERFORMANCE.md has both). At CFG 2, as
+# measured there: euler at the folder's 1.5 draws squares so near circles that a cache's small
+# drift tips some over (8 prompts of set 1: 7 right uncached, 5 with ucache).
+CACHE_SAMPLER = {"sample_params": {"sample_method": "euler", "guidance": {"txt_cfg": 2.0}}}
 DIT_MODES = ["easycache", "dbcache", "taylorseer", "cache-dit", "spectrum"]
 # Random-weight DiTs (the image ones) change their prediction fast, so the threshold modes get
 # loose thresholds there; what those tests show is that every advertised mode runs and skips.
@@ -75,7 +78,7 @@ def test_the_trained_demo_is_the_default(server):
 
 def test_the_default_server_draws_what_it_is_told(server):
     verdicts = []
-    for prompt, seed in demo_data.eval_prompts("image", 24, seed=0):
+    for prompt, seed in demo_data.eval_prompts("image", IMAGE_PROMPTS, seed=0):
         response = server.post("/v1/images/generations", json={"prompt": prompt, "seed": seed})
         assert response.status_code == 200, response.text
         verdicts.append(adherence.check(prompt, _image(response.json()["data"][0]["b64_json"])))
