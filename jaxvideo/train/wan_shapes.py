@@ -12,7 +12,9 @@ straight line on a flat background, captioned `a {color} {shape} moving {directi
    rectified-flow objective the Wan pipeline samples with: x_s = (1 - s) x0 + s noise, the
    network predicts noise - x0 (diffusers' `flow_prediction`) at timestep floor(1000 s), s
    drawn uniformly in flow time and shifted by the scheduler's `flow_shift`; 10% of captions
-   are the empty prompt, so classifier-free guidance works.
+   are the empty prompt, so classifier-free guidance works. (Trained jointly, the encoder
+   learns to erase the direction words before the transformer can use them, which is why the
+   videos do not move; frozen, it keeps them but the rest is learnt slower: docs/PERFORMANCE.md.)
 
 The tokenizer is the tiny T5 Unigram with one token per caption word. The text context is
 what the pipeline feeds: the encoder's outputs on the prompt's tokens, zeros up to 512. The
