@@ -109,7 +109,9 @@ def test_the_page_asks_for_the_api_key_and_sends_it(browser, default_server):
 
 def test_an_image_appears_with_its_progress_at_100_percent(page, screenshots):
     prompt = "a red circle on a blue background"
-    page.get_by_label("Seed", exact=True).fill("3")  # fixed: the demo follows ~90% of seeds
+    # Fixed: the demo follows ~95% of seeds; for this prompt at its default CFG 1.5, seeds 0-11
+    # but 3 (a rounded circle read as a square).
+    page.get_by_label("Seed", exact=True).fill("4")
     generate(page, prompt)
     wait_completed(page, prompt)
     bar = job(page, prompt).locator("progress")
