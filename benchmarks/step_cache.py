@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         ("sampler", args.sampler),
         ("guidance_scale", args.guidance_scale),
     )
-    fields = {k: v for k, v in given if v}
+    fields = {k: v for k, v in given if v is not None}  # cfg 0 and steps 0 are values too
     run_prompts(engine, prompts[:1], fields)  # compile outside the timings
     outputs, _, seconds = run_prompts(engine, prompts, fields)
     verdicts = [adherence.check(p, o) for (p, _), o in zip(prompts, outputs, strict=True)]

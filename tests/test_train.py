@@ -241,6 +241,20 @@ def test_a_few_wan_training_steps_write_a_folder_the_pipeline_runs(tmp_path):
     index = json.loads((folder / "model_index.json").read_text())
     assert index["family"] == "wan21" and index["dtype"] == "fp16"
     assert index["defaults"]["num_frames"] == FRAMES
+    # The text encoder is saved as it started (frozen: trained, it erased the direction words).
+    from jaxvideo.train import wan_shapes
+    from jaxvideo.train.common import random_start
+    from jaxvideo.train.loop import Trainable, flat_params
+    from jaxvideo.weights import load_component
+
+    text_config = json.loads((folder / "text_encoder" / "config.json").read_text())
+    random_start(tmp_path / "start", {"text_encoder": text_config}, 1)
+    start = Trainable.of(load_component(tmp_path / "start", "text_encoder"))
+    start = flat_params(wan_shapes._text_encoder_start(start.params, text_config))
+    saved = flat_params(Trainable.of(load_component(folder, "text_encoder")).params)
+    assert saved.keys() == start.keys()
+    for name, value in start.items():
+        np.testing.assert_allclose(saved[name], value.astype(np.float16), err_msg=name)
 
     from jaxvideo.config import config_from_dict
     from jaxvideo.engine import Engine

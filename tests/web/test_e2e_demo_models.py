@@ -7,9 +7,9 @@ told, and its step caches skip denoiser calls within their measured quality boun
   through the OpenAI images route with the server's own defaults (the issue's 90%; the shipped
   model measures 92-98% depending on the prompt set: docs/PERFORMANCE.md).
 - Its video model is the trained Wan 2.1 shapes demo. Its videos do not follow whole prompts
-  yet (its shapes are right little more often than chance and they do not move:
-  docs/PERFORMANCE.md); what the test holds it to is what it does learn, the shape's and the
-  background's colours.
+  yet (the shape's class is right in 40-46% of them: docs/PERFORMANCE.md); the test holds it
+  to what it does learn: the shape's and the background's colours (the issue's 90%) and the
+  direction the shape moves, at a lower bar.
 - The cache modes of both (`/sdcpp/v1/capabilities`) run through the native async API (and,
   for images, an OpenAI prompt's `sd_cpp_extra_args` block): each skips at least a third of
   the denoiser calls (>= 1.5x fewer) and stays within SSIM 0.9 of the uncached outputs with
@@ -37,7 +37,9 @@ IMAGE_MODEL, VIDEO_MODEL = "sd1-shapes-demo", "wan-shapes-demo"
 ADHERENCE_BAR = 0.9
 IMAGE_PROMPTS = 48  # measured 47 of 48: room for a miss or two from another CPU's rounding
 COLORS = ("color", "background")  # what the video demo gets right (see the module docstring)
-COLOR_BAR = 0.9  # of its videos with both colours right (measured: 12 of 12; 94-96% of 48)
+VIDEO_PROMPTS = 48  # of set 0
+COLOR_BAR = 0.9  # of its videos with both colours right (measured: 45 of 48; set 1: 47)
+DIRECTION_BAR = 0.5  # of its videos moving the way they are told (measured: 29 of 48; set 1: 38)
 CACHE_PROMPTS = 8  # per mode, from the evaluation set
 # The caches are measured with a deterministic sampler: an ancestral one draws new noise each
 # step, which a skipped call cannot reproduce (docs/PERFORMANCE.md has both). At CFG 2, as
@@ -163,13 +165,14 @@ def test_an_openai_image_request_caches_through_sd_cpp_extra_args(server):
     assert refused.json()["error"]["param"] == "sd_cpp_extra_args.cache_mode"
 
 
-def test_the_default_video_model_paints_the_colours_it_is_told(server, tmp_path):
+def test_the_default_video_model_paints_the_colours_and_the_motion_it_is_told(server, tmp_path):
     verdicts = []
-    for prompt, seed in demo_data.eval_prompts("video", 12, seed=0):
+    for prompt, seed in demo_data.eval_prompts("video", VIDEO_PROMPTS, seed=0):
         frames, _ = _video(server, {"prompt": prompt, "seed": seed}, tmp_path)
         verdicts.append(adherence.check(prompt, frames))
     failed = [str(v) for v in verdicts if not v.passed]
     assert adherence.attribute_adherence(verdicts, COLORS) >= COLOR_BAR, failed
+    assert adherence.attribute_adherence(verdicts, ("direction",)) >= DIRECTION_BAR, failed
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +201,7 @@ def test_video_cache_modes_skip_steps_within_their_bounds(server, uncached_video
         frames, result = _video(server, body, tmp_path)
         cached.append(frames)
         infos.append(result["step_cache"])
-    _check_cache(prompts, plain, cached, infos, mode, COLORS)
+    _check_cache(prompts, plain, cached, infos, mode, (*COLORS, "direction"))
 
 
 def test_fastvideo_enable_teacache_skips_steps(server, tmp_path):
