@@ -84,11 +84,13 @@ class Budget:
     latent_pool: int = 2048  # clips encoded once; the transformer trains on them
     dit_steps: int = 5500
     dit_batch: int = 24
-    dit_lr: float = 2e-3  # 5e-4 took 3,500 steps to reach what 1e-3 reaches in 1,500
+    # 1e-3 reached in 1,500 steps what 5e-4 reached in 3,500; 2e-3 ended at loss 0.245, not 0.277.
+    dit_lr: float = 2e-3
     dit_ema: float = 0.999  # the transformer saved is this moving average
     # Shifts the training sigmas towards the noisiest (sigma = k u / (1 + (k - 1) u), u
     # uniform): a video's layout and motion are settled there. At 2, as the sampling shift, the
-    # videos did not move (direction 2-8% of 48 prompts); at 4, 92-96% (docs/PERFORMANCE.md).
+    # videos did not move (direction 2-8% of 48 prompts); at 4, 60-79% from this trainer and
+    # 92-96% in transformer-only runs (docs/PERFORMANCE.md).
     dit_shift: float = 4.0
     flow_shift: float = 2.0  # the folder's scheduler's (sampling) shift
 
@@ -465,7 +467,7 @@ def _train_denoiser(
         latents, context = batch
         u_key, n_key = jax.random.split(key)
         u = jax.random.uniform(u_key, (latents.shape[0],))
-        sigma = shift * u / (1.0 + (shift - 1.0) * u)  # the scheduler's time shift
+        sigma = shift * u / (1.0 + (shift - 1.0) * u)  # the scheduler's time shift, at dit_shift
         # The pipeline feeds the transformer floor(1000 sigma) (diffusers' integer timesteps).
         timestep = jnp.floor(sigma * NUM_TRAIN_TIMESTEPS)
         noise = jax.random.normal(n_key, latents.shape)
